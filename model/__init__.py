@@ -1,0 +1,1 @@
+"""SegEarth-R1 in plain PyTorch."""

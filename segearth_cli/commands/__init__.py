@@ -1,0 +1,1 @@
+"""One module per `segearth` command; cli.py registers them."""

@@ -1,0 +1,50 @@
+"""Errors that end a command, each carrying the exit code a script can act on.
+
+The codes are part of the command-line contract and documented in README.md.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INPUT = 3
+EXIT_MODEL = 4
+EXIT_OUTPUT = 5
+
+
+class SegearthError(Exception):
+    """A failure the user can understand from one line; ``exit_code`` says which class."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(SegearthError):
+    """The command line asks for something that cannot be done (bad option combination)."""
+
+    exit_code = EXIT_USAGE
+
+
+class InputError(SegearthError):
+    """A scene (or data set) is unreadable, corrupt or of a kind the tool does not support."""
+
+    exit_code = EXIT_INPUT
+
+
+class ModelUnavailableError(SegearthError):
+    """The model cannot be found, downloaded or loaded."""
+
+    exit_code = EXIT_MODEL
+
+
+class OutputError(SegearthError):
+    """An output exists without --overwrite, or cannot be written."""
+
+    exit_code = EXIT_OUTPUT

@@ -1,0 +1,1 @@
+"""Writers for the answer: mask GeoTIFF, polygons, quicklook."""
