@@ -1,0 +1,295 @@
+"""Outputs appear at their target paths complete or not at all.
+
+Every output is written to a hidden temporary file in its target's folder (same file
+system, so the final ``os.replace`` is atomic) and renamed only after every output of the
+run was written. A failure, Ctrl-C or SIGTERM deletes the temporaries; a SIGKILLed run
+leaves hidden temporaries that never sit at a target path and that
+``remove_stale_temps`` removes once their process is gone.
+
+Temporary names look like ``.<name>.segearth-<pid>-<random>.tmp<ext>``: the real extension
+is kept so that GDAL and OGR pick the right driver from the name, and the pid lets a later
+run tell an abandoned temporary from one a live run is still writing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import secrets
+import signal
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Callable, Iterable
+
+
+from .errors import OutputError, UsageError
+
+_TEMP_MARK = re.compile(r"^\..*\.segearth-(?P<pid>\d+)-(?P<token>[0-9a-z]+)\.tmp")
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when the process receives SIGTERM.
+
+    It derives from KeyboardInterrupt so that every clean-up path written for Ctrl-C
+    (``finally`` blocks, ``AtomicOutputs``) also runs for a polite kill from a scheduler.
+    """
+
+
+def install_termination_handler() -> Callable | int | None:
+    """Turn SIGTERM into a ``Terminated`` exception; returns the previous handler.
+
+    Call it from the main thread of the command line only: library code must not change
+    a host program's signal handling.
+    """
+
+    def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+        raise Terminated(f"terminated by signal {signum}")
+
+    return signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def temp_name_for(target: Path, pid: int | None = None) -> Path:
+    """A hidden sibling of ``target`` that keeps its extension (GDAL picks drivers by it)."""
+
+    token = secrets.token_hex(4)
+    pid = os.getpid() if pid is None else pid
+    return target.with_name(f".{target.name}.segearth-{pid}-{token}.tmp{target.suffix}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete temporaries (and their side files) left by segearth processes that no longer run.
+
+    Returns the paths removed. Temporaries of live processes, this one included, are kept.
+    """
+
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_MARK.match(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        pid = int(match.group("pid"))
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        try:
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except FileNotFoundError:
+            pass
+        except OSError:
+            continue
+    return removed
+
+
+def check_target_writable(target: Path, overwrite: bool) -> None:
+    """Raise OutputError (exit code 5) unless ``target`` can be (over)written."""
+
+    if target.is_dir():
+        raise OutputError(f"{target}: is a folder, not a file")
+    if target.exists() or target.is_symlink():
+        if not overwrite:
+            raise OutputError(f"{target}: already exists (pass --overwrite to replace it)")
+    folder = target.parent
+    if not folder.exists():
+        raise OutputError(f"{target}: folder {folder} does not exist")
+    if not folder.is_dir():
+        raise OutputError(f"{target}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{target}: folder {folder} is not writable")
+
+
+class AtomicOutputs:
+    """Context manager that hands out temporary paths and commits them all at the end.
+
+    >>> with AtomicOutputs([Path("mask.tif"), Path("camps.gpkg")], overwrite=False) as outputs:
+    ...     write_mask(outputs.temp_path(Path("mask.tif")))
+    ...     write_vectors(outputs.temp_path(Path("camps.gpkg")))
+
+    All checks happen in the constructor, before any work starts. On a clean exit every
+    temporary is renamed onto its target; on any exception (KeyboardInterrupt and
+    ``Terminated`` included) all temporaries and their side files are deleted and the
+    exception propagates. Renames are individually atomic; if one of several renames fails
+    (the folder vanished) the outputs already renamed stay and the rest are deleted.
+    """
+
+    def __init__(self, targets: Iterable[str | os.PathLike], overwrite: bool = False):
+        self.overwrite = overwrite
+        self.targets: list[Path] = []
+        seen: dict[str, Path] = {}
+        for raw in targets:
+            target = Path(raw).expanduser()
+            key = os.path.realpath(target)
+            if key in seen:
+                raise UsageError(f"{target}: output given more than once")
+            seen[key] = target
+            check_target_writable(target, overwrite)
+            self.targets.append(target)
+        self._temps: dict[Path, Path] = {}
+        self.committed = False
+
+    def __enter__(self) -> "AtomicOutputs":
+        for target in self.targets:
+            self._temps[target] = temp_name_for(target)
+        return self
+
+    def temp_path(self, target: str | os.PathLike) -> Path:
+        """The temporary path the sink for ``target`` writes to."""
+
+        target = Path(target).expanduser()
+        try:
+            return self._temps[target]
+        except KeyError:
+            raise KeyError(f"{target} is not one of this run's outputs") from None
+
+    def __getitem__(self, target: str | os.PathLike) -> Path:
+        return self.temp_path(target)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        if exc_type is not None:
+            self.discard()
+            return False
+        self.commit()
+        return False
+
+    def commit(self) -> None:
+        """Rename every temporary onto its target (``os.replace``: atomic per file)."""
+
+        pending = list(self._temps.items())
+        try:
+            # Check everything first, so that one missing output does not leave the others half-committed.
+            for target, temp in pending:
+                if not temp.exists():
+                    raise OutputError(f"{target}: nothing was written to it")
+                if not self.overwrite and os.path.lexists(target):
+                    raise OutputError(f"{target}: appeared while this run was writing it (pass --overwrite to replace it)")
+            for target, temp in pending:
+                try:
+                    os.replace(temp, target)
+                except OSError as error:
+                    raise OutputError(f"{target}: cannot be written ({error.strerror or error})") from None
+                _remove_side_files(temp)
+                self._temps.pop(target)
+        except BaseException:
+            self.discard()
+            raise
+        self.committed = True
+
+    def discard(self) -> None:
+        """Delete every temporary not yet committed, and the files derived from it."""
+
+        for temp in list(self._temps.values()):
+            _remove_quietly(temp)
+            _remove_side_files(temp)
+        self._temps.clear()
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        pass
+
+
+def _remove_side_files(temp: Path) -> None:
+    """Delete files whose names extend the temporary's (journals, staging files, .aux.xml)."""
+
+    try:
+        entries = list(os.scandir(temp.parent))
+    except OSError:
+        return
+    prefix = temp.name
+    for entry in entries:
+        if entry.name != prefix and entry.name.startswith(prefix):
+            _remove_quietly(Path(entry.path))
+
+
+class OutputLock:
+    """Inter-process lock for one output path, held in ``<path>.lock`` in the same folder.
+
+    ``wait=False`` raises OutputError at once when another run holds the lock; ``wait=True``
+    blocks until it is free. The lock file is removed on release.
+
+    Removing a lock file races with a waiter that already opened it: that waiter would then
+    hold a lock on an unlinked inode while a newcomer locks a fresh file. So the holder
+    unlinks while still holding the lock, and every acquirer checks, once locked, that the
+    path still names the inode it locked, and starts over when it does not. (filelock keeps
+    its lock files forever for this reason, which would litter output folders.)
+    """
+
+    def __init__(self, path: str | os.PathLike, wait: bool = False):
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.wait = wait
+        self._fd: int | None = None
+
+    def acquire(self) -> "OutputLock":
+        if self._fd is not None:
+            return self
+        flags = fcntl.LOCK_EX if self.wait else fcntl.LOCK_EX | fcntl.LOCK_NB
+        while True:
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            except OSError as error:
+                raise OutputError(f"{self.path}: cannot create lock {self.lock_path} ({error.strerror or error})") from None
+            try:
+                fcntl.flock(fd, flags)
+            except BlockingIOError:
+                os.close(fd)
+                raise OutputError(f"{self.path}: another segearth run is writing it (lock {self.lock_path.name})") from None
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                on_disk = os.stat(self.lock_path, follow_symlinks=False)
+            except FileNotFoundError:
+                on_disk = None
+            held = os.fstat(fd)
+            if on_disk is not None and (on_disk.st_ino, on_disk.st_dev) == (held.st_ino, held.st_dev):
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                self._fd = fd
+                return self
+            os.close(fd)  # the previous holder removed this file after we opened it
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.unlink(self.lock_path)
+        except OSError:
+            pass
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    @property
+    def is_locked(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, *exc_info) -> bool:
+        self.release()
+        return False

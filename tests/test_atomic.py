@@ -1,0 +1,214 @@
+"""Outputs appear complete at their targets or not at all (atomic.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from affine import Affine
+from rasterio.crs import CRS
+
+from segearth_cli.atomic import (
+    AtomicOutputs,
+    OutputLock,
+    Terminated,
+    install_termination_handler,
+    remove_stale_temps,
+    temp_name_for,
+)
+from segearth_cli.errors import EXIT_OUTPUT, OutputError, UsageError
+from segearth_cli.outputs.raster import MaskRasterSink
+from segearth_cli.scene import Scene
+from segearth_cli.stitch import RowBlock
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_scene(width=600, height=700):
+    return Scene(
+        path=Path("scene.tif"), width=width, height=height, count=3, dtype="uint8", crs=CRS.from_epsg(32631),
+        transform=Affine(2.0, 0, 500000, 0, -2.0, 4000000), georeferencing="transform", warped=False,
+        bands=(1, 2, 3), colour="rgb", stretch=None, nodata=None, validity="none", overviews=(),
+    )
+
+
+def listing(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+def test_commit_renames_every_temp_onto_its_target(tmp_path):
+    targets = [tmp_path / "mask.tif", tmp_path / "answer.gpkg"]
+    with AtomicOutputs(targets, overwrite=False) as outputs:
+        temps = [outputs.temp_path(t) for t in targets]
+        for temp, target in zip(temps, targets):
+            assert temp.parent == target.parent
+            assert temp.name.startswith(".") and temp.suffix == target.suffix
+            assert f".segearth-{os.getpid()}-" in temp.name
+            temp.write_text(target.name)
+        assert listing(tmp_path) == {t.name for t in temps}
+    assert listing(tmp_path) == {"mask.tif", "answer.gpkg"}
+    assert (tmp_path / "mask.tif").read_text() == "mask.tif"
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("disk on fire"), KeyboardInterrupt()])
+def test_failure_mid_write_leaves_no_target_and_no_temp(tmp_path, failure):
+    target = tmp_path / "mask.tif"
+    with pytest.raises(type(failure)):
+        with AtomicOutputs([target]) as outputs:
+            temp = outputs.temp_path(target)
+            temp.write_bytes(b"partial")
+            Path(f"{temp}.stage-mask.tif").write_bytes(b"staging")
+            raise failure
+    assert listing(tmp_path) == set()
+
+
+def test_raster_sink_failing_part_way_leaves_nothing(tmp_path):
+    scene = make_scene()
+    target = tmp_path / "mask.tif"
+    probabilities = np.full((1, 100, scene.width), 0.7, dtype=np.float32)
+    valid = np.ones((100, scene.width), dtype=bool)
+    with pytest.raises(RuntimeError):
+        with AtomicOutputs([target]) as outputs:
+            sink = MaskRasterSink(outputs[target], scene, ["q"], cog=True, probabilities=True)
+            sink.write(RowBlock(0, probabilities, valid))
+            sink.write(RowBlock(100, probabilities, valid))
+            raise RuntimeError("the model crashed")
+    assert listing(tmp_path) == set()
+
+
+def test_existing_target_needs_overwrite(tmp_path):
+    target = tmp_path / "mask.tif"
+    target.write_text("old")
+    with pytest.raises(OutputError) as caught:
+        AtomicOutputs([target], overwrite=False)
+    assert caught.value.exit_code == EXIT_OUTPUT == 5
+    assert str(target) in str(caught.value) and "--overwrite" in str(caught.value)
+    assert target.read_text() == "old"
+
+    with AtomicOutputs([target], overwrite=True) as outputs:
+        outputs[target].write_text("new")
+    assert target.read_text() == "new"
+    assert listing(tmp_path) == {"mask.tif"}
+
+
+def test_unwritable_targets_are_refused_before_any_work(tmp_path):
+    with pytest.raises(OutputError, match="does not exist"):
+        AtomicOutputs([tmp_path / "missing" / "mask.tif"])
+    (tmp_path / "folder.tif").mkdir()
+    with pytest.raises(OutputError, match="is a folder"):
+        AtomicOutputs([tmp_path / "folder.tif"])
+    with pytest.raises(UsageError):
+        AtomicOutputs([tmp_path / "a.tif", tmp_path / "." / "a.tif"])
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
+def test_read_only_folder_is_refused(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(OutputError, match="not writable"):
+            AtomicOutputs([folder / "mask.tif"])
+    finally:
+        folder.chmod(0o700)
+
+
+def test_sigterm_becomes_a_clean_exception(tmp_path):
+    target = tmp_path / "mask.tif"
+    previous = install_termination_handler()
+    try:
+        with pytest.raises(Terminated):
+            with AtomicOutputs([target]) as outputs:
+                outputs[target].write_bytes(b"partial")
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler raises before this ends
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert issubclass(Terminated, KeyboardInterrupt)
+    assert listing(tmp_path) == set()
+
+
+def test_sigkill_leaves_only_hidden_temps_that_are_removed_later(tmp_path):
+    target = tmp_path / "mask.tif"
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from pathlib import Path
+        from segearth_cli.atomic import AtomicOutputs
+        target = Path({str(target)!r})
+        with AtomicOutputs([target]) as outputs:
+            outputs[target].write_bytes(b"partial")
+            print("written", flush=True)
+            time.sleep(60)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=REPO, text=True)
+    try:
+        assert child.stdout.readline().strip() == "written"
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert not target.exists()
+    leftovers = listing(tmp_path)
+    assert len(leftovers) == 1 and next(iter(leftovers)).startswith(".mask.tif.segearth-")
+
+    alive = temp_name_for(tmp_path / "other.tif")  # this process is alive: kept
+    alive.write_bytes(b"in progress")
+    removed = remove_stale_temps(tmp_path)
+    assert [p.name for p in removed] == list(leftovers)
+    assert listing(tmp_path) == {alive.name}
+
+
+def test_output_lock_is_exclusive_and_removed_after(tmp_path):
+    output = tmp_path / "mask.tif"
+    with OutputLock(output) as lock:
+        assert lock.is_locked and (tmp_path / "mask.tif.lock").exists()
+        with pytest.raises(OutputError) as caught:
+            OutputLock(output, wait=False).acquire()
+        assert caught.value.exit_code == EXIT_OUTPUT and "mask.tif" in str(caught.value)
+    assert listing(tmp_path) == set()
+    with OutputLock(output, wait=True):
+        pass
+    assert listing(tmp_path) == set()
+
+
+def test_output_lock_waits_for_another_process(tmp_path):
+    output = tmp_path / "mask.tif"
+    script = textwrap.dedent(
+        f"""
+        import time
+        from segearth_cli.atomic import OutputLock
+        with OutputLock({str(output)!r}):
+            print("locked", flush=True)
+            time.sleep(1.0)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=REPO, text=True)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputError):
+            OutputLock(output, wait=False).acquire()
+        with OutputLock(output, wait=True) as lock:  # blocks until the child lets go
+            assert child.wait(timeout=30) == 0
+            assert lock.is_locked
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert listing(tmp_path) == set()
+
+
+def test_nothing_is_committed_when_one_output_was_never_written(tmp_path):
+    targets = [tmp_path / "mask.tif", tmp_path / "answer.gpkg"]
+    with pytest.raises(OutputError, match="answer.gpkg: nothing was written"):
+        with AtomicOutputs(targets) as outputs:
+            outputs[targets[0]].write_bytes(b"complete")
+    assert listing(tmp_path) == set()
