@@ -1,10 +1,35 @@
-"""Blend window probabilities into one seamless scene-sized answer, row block by row block."""
+"""Blend window probabilities into one seamless scene-sized answer, row block by row block.
+
+Each window's probabilities are cropped to its destination rectangle, mapped back onto its
+source rectangle with pixel centres aligned (the inverse of the reader's mapping: bilinear
+where the window had been shrunk, area averaging where it had been enlarged, nothing at the
+file's own resolution), and added with a weight into accumulators that cover only the rows
+the current grid row of windows can still touch.
+
+The weight is separable: 1 inside the window, a raised-cosine ramp over the ``overlap``
+source pixels at each side that has a neighbour, and no ramp at the scene border, so edge
+pixels keep full weight. Opposite ramps of two neighbours sum to exactly 1, every weight is
+strictly positive, and the blend therefore changes smoothly from one window to the next:
+no seams. Pixels that were invalid in a window's input carry no weight, so a pixel is valid
+in the output exactly when some window read it as valid.
+
+Rows are released as soon as the next window in plan order starts below them; memory is
+``(M + 1)`` float32 planes of scene width by window height, never the scene height.
+"""
 
 from __future__ import annotations
 
+import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
+
+from .windows import Window, WindowPlan
+
+#: Most rows per RowBlock; bounds the memory of each block handed to the sinks.
+DEFAULT_BLOCK_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -23,3 +48,402 @@ class RowBlock:
     @property
     def height(self) -> int:
         return int(self.valid.shape[0])
+
+
+def edge_ramp(length: int, ramp: int, at_start: bool, at_end: bool) -> np.ndarray:
+    """1-D blend weight of a window side: raised-cosine ramps of ``ramp`` px where it has neighbours.
+
+    ``ramp[t] + ramp[ramp - 1 - t] == 1``, so two neighbours overlapping by ``ramp`` px
+    share every overlap pixel with weights summing to one.
+    """
+    weight = np.ones(length, dtype=np.float32)
+    ramp = min(ramp, length // 2)
+    if ramp > 0:
+        t = (np.arange(ramp, dtype=np.float64) + 0.5) / ramp
+        rise = (0.5 - 0.5 * np.cos(np.pi * t)).astype(np.float32)
+        if at_start:
+            weight[:ramp] = rise
+        if at_end:
+            weight[length - ramp:] = rise[::-1]
+    return weight
+
+
+class _AxisMap:
+    """Maps ``n_in`` canvas pixels onto ``n_out`` source pixels along one axis, pixel centres aligned.
+
+    Stored as ``taps`` (n_out, k) indexes and ``weights`` (n_out, k): output pixel ``i`` is
+    ``sum_k weights[i, k] * input[taps[i, k]]``.
+    """
+
+    def __init__(self, n_in: int, n_out: int):
+        ratio = n_in / n_out
+        out = np.arange(n_out, dtype=np.float64)
+        if n_in == n_out:
+            taps = out.astype(np.intp)[:, None]
+            weights = np.ones((n_out, 1))
+        elif n_out > n_in:
+            # The reader shrank this axis: interpolate linearly between canvas pixel centres.
+            # The outermost source pixels lie up to half a canvas pixel beyond the outermost
+            # canvas centres; extending the end segments reaches them without the
+            # half-pixel bias clamping would leave at the scene border.
+            x = (out + 0.5) * ratio - 0.5
+            i0 = np.clip(np.floor(x), 0, max(n_in - 2, 0)).astype(np.intp)
+            i1 = np.minimum(i0 + 1, n_in - 1)
+            frac = x - i0 if n_in > 1 else np.zeros_like(x)
+            taps = np.stack([i0, i1], axis=1)
+            weights = np.stack([1.0 - frac, frac], axis=1)
+        else:
+            # The reader enlarged this axis: average the canvas pixels covering each source pixel.
+            k = int(math.ceil(ratio)) + 1
+            start = out * ratio
+            end = start + ratio
+            first = np.floor(start).astype(np.intp)
+            taps = first[:, None] + np.arange(k)[None, :]
+            lo = np.maximum(taps, start[:, None])
+            hi = np.minimum(taps + 1, end[:, None])
+            weights = np.clip(hi - lo, 0.0, None) / ratio
+            taps = np.minimum(taps, n_in - 1)
+        self.taps = taps
+        self.weights = weights.astype(np.float32)
+        # Nearest canvas pixel to each source pixel centre, for validity.
+        self.nearest = np.minimum(np.floor((out + 0.5) * ratio).astype(np.intp), n_in - 1)
+
+
+def _resample(planes: np.ndarray, rows: _AxisMap, cols: _AxisMap, row_range: slice) -> np.ndarray:
+    """(M, h_in, w_in) canvas planes -> (M, rows in row_range, w_out) source planes."""
+    taps, weights = rows.taps[row_range], rows.weights[row_range]
+    tmp = planes[:, taps[:, 0], :] * weights[:, 0][None, :, None]
+    for k in range(1, taps.shape[1]):
+        tmp += planes[:, taps[:, k], :] * weights[:, k][None, :, None]
+    out = tmp[:, :, cols.taps[:, 0]] * cols.weights[:, 0]
+    for k in range(1, cols.taps.shape[1]):
+        out += tmp[:, :, cols.taps[:, k]] * cols.weights[:, k]
+    return out
+
+
+class Stitcher:
+    """Streams the weighted blend of a plan's windows as :class:`RowBlock` s.
+
+    Feed every window of ``plan`` in plan order, each exactly once, through :meth:`add`
+    (probabilities from the model) or :meth:`skip` (no valid pixel, no model call). Both
+    return an iterator of the RowBlocks that became final; consume it before the next call.
+    :meth:`finish` returns the rest. Rows come out top to bottom, each exactly once.
+    """
+
+    def __init__(
+        self,
+        scene_width: int,
+        scene_height: int,
+        plan: WindowPlan,
+        num_questions: int,
+        block_rows: int = DEFAULT_BLOCK_ROWS,
+    ):
+        if num_questions < 1:
+            raise ValueError("at least one question is needed")
+        if len(plan) == 0:
+            raise ValueError("the plan has no windows")
+        self.width = int(scene_width)
+        self.height = int(scene_height)
+        self.plan = plan
+        self.num_questions = int(num_questions)
+        self.block_rows = max(1, int(block_rows))
+        self._ramp = int(plan.overlap)
+        self._next = 0  # index in plan of the next window expected
+        self._released = 0  # rows [0, _released) have been handed out
+        self._pending: Optional[Iterator[RowBlock]] = None
+        self._weights_cache: dict = {}
+        self._axis_cache: dict = {}
+        self._scratch_buffer: Optional[np.ndarray] = None
+        # A single window is the only contributor to every row it covers: its rows can be
+        # mapped and released strip by strip, so whole mode on a huge scene stays bounded.
+        self._single = len(plan) == 1
+        self._single_input: Optional[tuple[np.ndarray, np.ndarray]] = None
+        self.buffer_rows = 0 if self._single else self._rows_needed(plan)
+        # Accumulators for scene rows [_base, _base + buffer_rows).
+        self._base = 0
+        self._acc = np.zeros((self.num_questions, self.buffer_rows, self.width), dtype=np.float32)
+        self._wsum = np.zeros((self.buffer_rows, self.width), dtype=np.float32)
+        self._divisor = np.empty((min(self.block_rows, max(self.buffer_rows, 1)), self.width), dtype=np.float32)
+
+    @staticmethod
+    def _rows_needed(plan: WindowPlan) -> int:
+        """Rows the accumulators must span: from the oldest unreleased row to the lowest row touched."""
+        need = 0
+        base = 0
+        reach = 0
+        windows = plan.windows
+        for index, window in enumerate(windows):
+            reach = max(reach, window.row_off + window.height)
+            need = max(need, reach - base)
+            if index + 1 < len(windows) and windows[index + 1].row_off != window.row_off:
+                base = max(base, windows[index + 1].row_off)
+        return max(need, 1)
+
+    # -- feeding -----------------------------------------------------------------------
+
+    def _take(self, window: Window) -> int:
+        if self._pending is not None:
+            raise RuntimeError("consume the RowBlocks returned by the previous add()/skip() first")
+        if self._next >= len(self.plan) or self.plan.windows[self._next] != window:
+            raise ValueError(f"windows must be fed in plan order; expected #{self._next}, got {window}")
+        self._next += 1
+        return self._next
+
+    def add(self, window: Window, probabilities: np.ndarray, valid: np.ndarray) -> Iterator[RowBlock]:
+        """Blend one window's canvas probabilities (M, S, S) with its canvas validity (S, S)."""
+        expected = (self.num_questions, window.size, window.size)
+        if probabilities.shape != expected:
+            raise ValueError(f"probabilities have shape {probabilities.shape}, expected {expected}")
+        if valid.shape != expected[1:]:
+            raise ValueError(f"valid has shape {valid.shape}, expected {expected[1:]}")
+        self._take(window)
+        rows, cols = window.dst_slices
+        planes = probabilities[:, rows, cols]
+        canvas_valid = valid[rows, cols]
+        if self._single:
+            self._single_input = (planes, canvas_valid)
+            return self._hold(self._release_single(window))
+        row_map, col_map = self._axis_maps(window)
+        if window.native:
+            source_valid = canvas_valid
+        else:
+            source_valid = canvas_valid[row_map.nearest[:, None], col_map.nearest[None, :]]
+        weight = self._window_weight(window)
+        if not source_valid.all():
+            weight = weight * source_valid
+        r0 = window.row_off - self._base
+        r1 = r0 + window.height
+        c0, c1 = window.col_off, window.col_off + window.width
+        acc = self._acc[:, r0:r1, c0:c1]
+        if window.native:
+            product = self._scratch(window.height, window.width)
+            np.multiply(planes, weight, out=product)
+            acc += product
+        else:
+            # Strips keep the temporary of a large footprint small.
+            step = max(1, (1 << 22) // max(1, window.width * self.num_questions))
+            for s0 in range(0, window.height, step):
+                s1 = min(window.height, s0 + step)
+                strip = _resample(np.asarray(planes, dtype=np.float32), row_map, col_map, slice(s0, s1))
+                strip *= weight[s0:s1]
+                acc[:, s0:s1] += strip
+        self._wsum[r0:r1, c0:c1] += weight
+        return self._after_window()
+
+    def skip(self, window: Window) -> Iterator[RowBlock]:
+        """Declare a window that had no valid pixel: it contributes nothing, rows still move on."""
+        self._take(window)
+        if self._single:
+            self._single_input = None
+            return self._hold(self._release_single(window))
+        return self._after_window()
+
+    def finish(self) -> Iterator[RowBlock]:
+        """The remaining rows, after every window was added or skipped."""
+        if self._next != len(self.plan):
+            raise RuntimeError(f"{len(self.plan) - self._next} window(s) of the plan were never added or skipped")
+        if self._pending is not None:
+            raise RuntimeError("consume the RowBlocks returned by the previous add()/skip() first")
+        return self._hold(self._release(self.height))
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _after_window(self) -> Iterator[RowBlock]:
+        if self._next < len(self.plan):
+            upto = min(self.plan.windows[self._next].row_off, self.height)
+        else:
+            upto = self.height
+        if upto <= self._released:
+            return iter(())
+        return self._hold(self._release(upto))
+
+    def _hold(self, blocks: Iterator[RowBlock]) -> Iterator[RowBlock]:
+        def guarded() -> Iterator[RowBlock]:
+            try:
+                yield from blocks
+            finally:
+                self._pending = None
+
+        self._pending = guarded()
+        return self._pending
+
+    def _scratch(self, height: int, width: int) -> np.ndarray:
+        # Reused between windows: a fresh multi-megabyte temporary per window costs page faults.
+        shape = (self.num_questions, height, width)
+        if self._scratch_buffer is None or any(a < b for a, b in zip(self._scratch_buffer.shape, shape)):
+            self._scratch_buffer = np.empty(shape, dtype=np.float32)
+        return self._scratch_buffer[:, :height, :width]
+
+    def _axis_maps(self, window: Window) -> tuple[_AxisMap, _AxisMap]:
+        key = (window.dst_height, window.height, window.dst_width, window.width)
+        maps = self._axis_cache.get(key)
+        if maps is None:
+            maps = (_AxisMap(window.dst_height, window.height), _AxisMap(window.dst_width, window.width))
+            self._axis_cache[key] = maps
+        return maps
+
+    def _window_weight(self, window: Window) -> np.ndarray:
+        top = window.row_off > 0
+        bottom = window.row_off + window.height < self.height
+        left = window.col_off > 0
+        right = window.col_off + window.width < self.width
+        key = (window.height, window.width, top, bottom, left, right)
+        weight = self._weights_cache.get(key)
+        if weight is None:
+            wy = edge_ramp(window.height, self._ramp, top, bottom)
+            wx = edge_ramp(window.width, self._ramp, left, right)
+            weight = wy[:, None] * wx[None, :]
+            self._weights_cache[key] = weight
+        return weight
+
+    def _release(self, upto: int) -> Iterator[RowBlock]:
+        """Hand out rows [_released, upto) in blocks, then slide the accumulators down."""
+        while self._released < upto:
+            start = self._released
+            stop = min(upto, start + self.block_rows)
+            # Rows past the accumulators were touched by no window (a plan with gaps).
+            b0 = start - self._base
+            b1 = min(stop - self._base, self.buffer_rows)
+            held = max(0, b1 - b0)
+            shape = (self.num_questions, stop - start, self.width)
+            probabilities = np.empty(shape, np.float32) if held == stop - start else np.zeros(shape, np.float32)
+            valid = np.zeros((stop - start, self.width), dtype=bool)
+            if held:
+                wsum = self._wsum[b0:b1]
+                acc = self._acc[:, b0:b1]
+                np.greater(wsum, 0, out=valid[:held])
+                # Where no weight arrived the accumulator is 0 too, so dividing by a tiny
+                # positive number yields the 0 wanted there, without a masked division.
+                divisor = self._divisor[:held]
+                np.maximum(wsum, np.float32(1e-30), out=divisor)
+                out = probabilities[:, :held]
+                np.divide(acc, divisor, out=out)
+                np.minimum(out, np.float32(1.0), out=out)
+                # Reset these rows for the windows to come while they are still in cache.
+                acc.fill(0)
+                wsum.fill(0)
+            self._released = stop
+            yield RowBlock(row_off=start, probabilities=probabilities, valid=valid)
+        self._slide(upto)
+
+    def _slide(self, new_base: int) -> None:
+        """Move the rows still open to the top; released rows were already zeroed."""
+        shift = new_base - self._base
+        if shift <= 0:
+            return
+        keep = self.buffer_rows - shift
+        if keep > 0:
+            self._acc[:, :keep] = self._acc[:, shift:]
+            self._wsum[:keep] = self._wsum[shift:]
+            # The rows the open ones came from; the rest of [keep, shift) is already zero.
+            tail = max(keep, shift)
+            self._acc[:, tail:] = 0
+            self._wsum[tail:] = 0
+        self._base = new_base
+
+    def _release_single(self, window: Window) -> Iterator[RowBlock]:
+        """Map the only window back strip by strip; rows outside it are uncovered."""
+        upto = self.height
+        data = self._single_input
+        self._single_input = None
+        if data is not None:
+            planes, canvas_valid = data
+            planes = np.asarray(planes, dtype=np.float32)
+            row_map, col_map = _AxisMap(window.dst_height, window.height), _AxisMap(window.dst_width, window.width)
+        while self._released < upto:
+            start = self._released
+            stop = min(upto, start + self.block_rows)
+            probabilities = np.zeros((self.num_questions, stop - start, self.width), dtype=np.float32)
+            valid = np.zeros((stop - start, self.width), dtype=bool)
+            lo, hi = max(start, window.row_off), min(stop, window.row_off + window.height)
+            if data is not None and lo < hi:
+                rows = slice(lo - window.row_off, hi - window.row_off)
+                cols = slice(window.col_off, window.col_off + window.width)
+                out_rows = slice(lo - start, hi - start)
+                if window.native:
+                    strip, strip_valid = planes[:, rows], canvas_valid[rows]
+                else:
+                    strip = _resample(planes, row_map, col_map, rows)
+                    strip_valid = canvas_valid[row_map.nearest[rows][:, None], col_map.nearest[None, :]]
+                probabilities[:, out_rows, cols] = np.where(strip_valid, strip, 0.0)
+                valid[out_rows, cols] = strip_valid
+                np.clip(probabilities, 0.0, 1.0, out=probabilities)
+            self._released = stop
+            yield RowBlock(row_off=start, probabilities=probabilities, valid=valid)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """float32 probabilities from logits, without overflow warnings for large magnitudes."""
+    out = np.negative(logits, dtype=np.float32)
+    with np.errstate(over="ignore", under="ignore"):
+        np.exp(out, out=out)
+    out += 1.0
+    np.reciprocal(out, out=out)
+    return out
+
+
+def stream_row_blocks(
+    reader,
+    plan: WindowPlan,
+    segmenter,
+    questions: Sequence[str],
+    batch_size: int = 1,
+    on_window: Optional[Callable[[Window, bool], None]] = None,
+    prefetch: bool = False,
+) -> Iterator[RowBlock]:
+    """Read, segment and stitch every window of ``plan``; yield the scene's RowBlocks in order.
+
+    Windows without a valid pixel are skipped without a model call. Windows reach the
+    segmenter ``batch_size`` at a time. ``on_window(window, ran_model)`` is called after
+    each window is read (for progress and counts). ``prefetch`` reads the next window in a
+    background thread while the current one is processed (``reader.read`` is then called
+    from that thread, so a wrapper around the reader must be thread-safe).
+    """
+    scene = reader.scene
+    stitcher = Stitcher(scene.width, scene.height, plan, len(questions))
+    queue: list[tuple[Window, Optional[np.ndarray], np.ndarray]] = []
+    batch: list[np.ndarray] = []
+
+    def drain() -> Iterator[RowBlock]:
+        probabilities = None
+        if batch:
+            logits = segmenter.segment(np.stack(batch), questions)
+            expected = (len(batch), len(questions), plan.input_size, plan.input_size)
+            if tuple(logits.shape) != expected:
+                raise RuntimeError(f"segmenter {segmenter.name} returned logits of shape {logits.shape}, expected {expected}")
+            probabilities = sigmoid(logits)
+        position = 0
+        for window, rgb, valid in queue:
+            if rgb is None:
+                yield from stitcher.skip(window)
+            else:
+                yield from stitcher.add(window, probabilities[position], valid)
+                position += 1
+        queue.clear()
+        batch.clear()
+
+    windows = plan.windows
+    # The next window is read in a worker thread while this one is blended: GDAL decodes
+    # with the GIL released, so reading and numpy work overlap on two cores. Only that
+    # worker touches the dataset while the loop runs.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segearth-read") as pool:
+        upcoming = pool.submit(reader.read, windows[0]) if prefetch else None
+        for index, window in enumerate(windows):
+            if prefetch:
+                rgb, valid = upcoming.result()
+                if index + 1 < len(windows):
+                    upcoming = pool.submit(reader.read, windows[index + 1])
+            else:
+                rgb, valid = reader.read(window)
+            has_valid = bool(valid.any())
+            if has_valid:
+                queue.append((window, rgb, valid))
+                batch.append(rgb)
+            else:
+                queue.append((window, None, valid))
+            if on_window is not None:
+                on_window(window, has_valid)
+            if len(batch) >= batch_size or (not batch and queue):
+                yield from drain()
+    yield from drain()
+    yield from stitcher.finish()

@@ -1,0 +1,529 @@
+"""Open a raster scene and read it window by window, as the model wants it: 8-bit RGB.
+
+Decisions made once per scene, so every window is treated the same:
+
+* Bands: red/green/blue by colour interpretation, else the first three non-alpha bands;
+  ``bands`` (1-based) overrides. One band is shown as gray (replicated to three channels);
+  a palette band is expanded through its colour table.
+* Validity: the alpha band, an internal or external (``.msk``) mask, the nodata value
+  (NaN included) and non-finite floats mark pixels invalid. A per-dataset mask or alpha is
+  used as is; nodata follows GDAL/rasterio's ``dataset_mask`` rule (a pixel is invalid when
+  every chosen band holds its nodata value). Invalid pixels reach the model as 0, like the
+  padding.
+* Radiometry: 8-bit data passes through. Anything else gets ONE linear stretch for the
+  whole scene, the 2nd to 98th percentile of each channel's valid pixels mapped to 0..255,
+  measured on a decimated read (GDAL serves it from overviews when the file has them).
+  Per-window stretches make brightness, and then the answer, jump at window borders.
+* Georeferencing: scenes located only by GCPs or RPCs are read through a WarpedVRT, so
+  the pipeline sees a regular north-up grid in the GCP (or WGS 84) CRS. Rotated and
+  south-up transforms are kept: the pipeline works in pixel space and outputs reuse the
+  transform.
+
+Resampling a window into the model canvas is done by GDAL inside the read (``out_shape``):
+bilinear for data, nearest for masks and palette indices, with pixel centres aligned. GDAL
+widens the bilinear kernel when shrinking, so downsampled windows are antialiased, and it
+takes reduced reads from overviews, so a whole-scene read of a huge file never decodes it
+at full resolution. A window at the file's own resolution is a plain windowed read.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window as RioWindow
+
+from .errors import InputError
+from .windows import Window
+
+try:  # GDAL errors surface as these when rasterio does not wrap them
+    from rasterio._err import CPLE_BaseError as _GDALError
+except ImportError:  # pragma: no cover - older rasterio layouts
+    _GDALError = RasterioError
+
+#: Percentiles of each channel mapped to 0 and 255 for non-8-bit scenes.
+STRETCH_PERCENTILES = (2.0, 98.0)
+#: Upper bound on the pixels read to measure the stretch.
+STRETCH_SAMPLE_PIXELS = 2**21
+#: Bounds of GDAL's block cache, MB. Its default (5 % of RAM) would count against the
+#: pipeline's memory bound; what window overlap can reuse is the band of blocks one grid
+#: row of windows spans, so the cache is sized to that (see ``_block_cache_bytes``).
+GDAL_CACHE_MIN_MB = 32
+GDAL_CACHE_MAX_MB = 256
+#: Window height the cache is sized for (the released model's 1024 px input).
+_CACHE_WINDOW_ROWS = 1024
+
+_READ_ERRORS = (RasterioError, _GDALError, OSError)
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What the pipeline knows about an opened scene, after band and georeference choices.
+
+    ``width``, ``height``, ``crs`` and ``transform`` describe the grid the pipeline reads
+    and the outputs use: the file's own grid, or the warped grid when ``warped``.
+    """
+
+    path: Path
+    width: int
+    height: int
+    #: Bands in the file.
+    count: int
+    #: numpy dtype name of the chosen bands (before the stretch to uint8).
+    dtype: str
+    crs: Optional[CRS]
+    transform: Affine
+    #: "transform" (a geotransform), "gcps", "rpcs" (both warped), or "none".
+    georeferencing: str
+    warped: bool
+    #: 1-based indexes of the bands read: three for RGB, one for gray or palette.
+    bands: tuple[int, ...]
+    #: "rgb", "gray" or "palette".
+    colour: str
+    #: Per chosen band (low, high) mapped linearly to (0, 255); None when data is 8-bit.
+    stretch: Optional[tuple[tuple[float, float], ...]]
+    #: The chosen bands' nodata value(s) as declared by the file (None when none).
+    nodata: Optional[tuple[Optional[float], ...]]
+    #: What marks pixels invalid: "none", "nodata", "mask" (internal/external/per-dataset) or "alpha".
+    validity: str
+    #: Decimation factors of the file's internal or external overviews.
+    overviews: tuple[int, ...]
+
+    @property
+    def georeferenced(self) -> bool:
+        """False for a scene with no geotransform, GCPs or RPCs: pixel coordinates only."""
+        return self.georeferencing != "none"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def open_scene(path: str | Path, bands: Optional[Sequence[int]] = None) -> "SceneReader":
+    """Open ``path`` for window reads; use as a context manager.
+
+    Raises :class:`InputError` ("<file>: <problem>") when the file cannot be used.
+    """
+    return SceneReader(path, bands)
+
+
+class SceneReader:
+    """Reads windows of one scene as 8-bit RGB plus a validity mask."""
+
+    def __init__(self, path: str | Path, bands: Optional[Sequence[int]] = None):
+        self.path = Path(path)
+        self._label = str(path)
+        # rasterio hands an integer GDAL_CACHEMAX to GDAL as bytes, not megabytes.
+        self._env = rasterio.Env(GDAL_CACHEMAX=_block_cache_bytes(self.path))
+        self._env.__enter__()
+        self._file = None
+        self._src = None
+        try:
+            self._open(bands)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- opening -----------------------------------------------------------------------
+
+    def _fail(self, problem: str) -> InputError:
+        return InputError(f"{self._label}: {problem}")
+
+    def _open(self, bands: Optional[Sequence[int]]) -> None:
+        path = self.path
+        if not path.exists():
+            raise self._fail("no such file")
+        if path.is_dir():
+            raise self._fail("is a directory, not a raster file")
+        if path.stat().st_size == 0:
+            raise self._fail("empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            try:
+                self._file = rasterio.open(path)
+            except _READ_ERRORS as exc:
+                raise self._fail(_describe_open_error(exc)) from None
+            src = self._file
+            if src.count == 0:
+                subsets = list(getattr(src, "subdatasets", []) or [])
+                hint = f"; open one of its subdatasets, e.g. {subsets[0]}" if subsets else ""
+                raise self._fail(f"has no raster bands{hint}")
+
+            chosen, colour = _choose_bands(src, bands, self._fail)
+            dtypes = [src.dtypes[i - 1] for i in chosen]
+            for dt in dtypes:
+                if np.dtype(dt).kind == "c":
+                    raise self._fail(
+                        f"complex-valued band ({dt}) cannot be shown as an image; convert it to amplitude first"
+                    )
+            dtype = np.result_type(*[np.dtype(dt) for dt in dtypes])
+
+            georeferencing, self._src = self._georeference(src, colour)
+            src = self._src
+            self._bands = tuple(chosen)
+            self._colour = colour
+            self._dtype = dtype
+            # Bands of different types are read as one common type.
+            self._uniform_dtype = len(set(dtypes)) == 1
+            self._float = dtype.kind == "f"
+            self._data_resampling = Resampling.nearest if colour == "palette" else Resampling.bilinear
+            self._validity, self._nodata = _validity_kind(src, self._bands)
+            self._palette, self._palette_valid = (
+                _palette_table(self._file, self._bands[0]) if colour == "palette" else (None, None)
+            )
+            stretch = None
+            if colour != "palette" and dtype != np.uint8:
+                stretch = self._measure_stretch()
+            self._stretch = stretch
+            try:
+                overviews = tuple(self._file.overviews(self._bands[0]))
+            except _READ_ERRORS:
+                overviews = ()
+            nodata = None
+            if any(v is not None for v in self._nodata):
+                nodata = tuple(None if v is None else float(v) for v in self._nodata)
+            self.scene = Scene(
+                path=self.path,
+                width=int(src.width),
+                height=int(src.height),
+                count=int(self._file.count),
+                dtype=dtype.name,
+                crs=src.crs,
+                transform=src.transform,
+                georeferencing=georeferencing,
+                warped=src is not self._file,
+                bands=self._bands,
+                colour=colour,
+                stretch=stretch,
+                nodata=nodata,
+                validity=self._validity,
+                overviews=overviews,
+            )
+
+    def _georeference(self, src, colour: str):
+        """("transform" | "gcps" | "rpcs" | "none", the dataset to read from)."""
+        identity = src.transform.is_identity
+        if not identity or src.crs is not None:
+            return "transform", src
+        gcps, gcp_crs = src.gcps
+        rpcs = src.rpcs
+        if not gcps and rpcs is None:
+            return "none", src
+        resampling = Resampling.nearest if colour == "palette" else Resampling.bilinear
+        # Without a nodata value the area outside the warped footprint needs an alpha
+        # band to be told apart from real zeros.
+        add_alpha = all(v is None for v in src.nodatavals)
+        try:
+            if gcps:
+                crs = gcp_crs or CRS.from_epsg(4326)
+                vrt = WarpedVRT(src, src_crs=crs, crs=crs, resampling=resampling, add_alpha=add_alpha)
+                return "gcps", vrt
+            vrt = WarpedVRT(
+                src, crs=CRS.from_epsg(4326), resampling=resampling, add_alpha=add_alpha,
+                warp_extras={"SRC_METHOD": "RPC"},
+            )
+            return "rpcs", vrt
+        except _READ_ERRORS as exc:
+            kind = "GCPs" if gcps else "RPCs"
+            raise self._fail(f"located only by {kind}, and warping them to a regular grid failed ({_first_line(exc)})")
+
+    def _measure_stretch(self) -> tuple[tuple[float, float], ...]:
+        src = self._src
+        total = src.width * src.height
+        factor = min(1.0, (STRETCH_SAMPLE_PIXELS / total) ** 0.5)
+        out_h = max(1, int(round(src.height * factor)))
+        out_w = max(1, int(round(src.width * factor)))
+        full = RioWindow(0, 0, src.width, src.height)
+        # Nearest keeps the sample made of real pixel values (and lets GDAL use overviews).
+        data, valid = self._read_raw(full, out_h, out_w, Resampling.nearest)
+        stretch = []
+        low_q, high_q = STRETCH_PERCENTILES
+        for channel in data:
+            values = channel[valid]
+            if values.size == 0:
+                stretch.append((0.0, 1.0))
+                continue
+            low, high = np.percentile(values.astype(np.float64), [low_q, high_q])
+            if not high > low:
+                # A flat channel: centre its single value instead of mapping it to black.
+                low, high = float(low) - 0.5, float(low) + 0.5
+            stretch.append((float(low), float(high)))
+        return tuple(stretch)
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _read_raw(self, rio_window: RioWindow, out_h: int, out_w: int, resampling: Resampling):
+        """Chosen bands as stored (k, out_h, out_w) and validity (out_h, out_w)."""
+        src = self._src
+        native = out_h == rio_window.height and out_w == rio_window.width
+        try:
+            sizing = {} if native else {"out_shape": (out_h, out_w), "resampling": resampling}
+            if self._uniform_dtype:
+                if not native:
+                    sizing["out_shape"] = (len(self._bands), out_h, out_w)
+                data = src.read(self._bands, window=rio_window, **sizing)
+            else:
+                # rasterio reads several bands in one call only when they share a type.
+                data = np.empty((len(self._bands), out_h, out_w), dtype=self._dtype)
+                for position, band in enumerate(self._bands):
+                    data[position] = src.read(band, window=rio_window, **sizing)
+            valid = self._validity_from(rio_window, out_h, out_w, data if native else None)
+        except _READ_ERRORS as exc:
+            raise self._read_error(rio_window, exc) from None
+        if self._float:
+            valid &= np.isfinite(data).all(axis=0)
+        return data, valid
+
+    def _validity_from(self, rio_window: RioWindow, out_h: int, out_w: int, native_data=None) -> np.ndarray:
+        kind = self._validity
+        src = self._src
+        if kind == "none":
+            return np.ones((out_h, out_w), dtype=bool)
+        if kind in ("mask", "alpha"):
+            # A per-dataset mask or alpha is the same for every band: read it once.
+            mask = src.read_masks(
+                self._bands[0], window=rio_window, out_shape=(out_h, out_w), resampling=Resampling.nearest
+            )
+            return mask > 0
+        if native_data is not None:
+            valid = np.zeros((out_h, out_w), dtype=bool)
+            for channel, nodata in zip(native_data, self._nodata):
+                if nodata is None:
+                    return np.ones((out_h, out_w), dtype=bool)
+                if isinstance(nodata, float) and np.isnan(nodata):
+                    valid |= ~np.isnan(channel)
+                else:
+                    valid |= channel != nodata
+            return valid
+        masks = src.read_masks(
+            self._bands, window=rio_window, out_shape=(len(self._bands), out_h, out_w), resampling=Resampling.nearest
+        )
+        return (masks > 0).any(axis=0)
+
+    def _read_error(self, rio_window: RioWindow, exc: BaseException) -> InputError:
+        where = f"{int(rio_window.width)}x{int(rio_window.height)} px at column {int(rio_window.col_off)}, row {int(rio_window.row_off)}"
+        return self._fail(f"read failed for {where}: {_first_line(exc)}")
+
+    def _to_rgb(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Stored values (k, h, w) -> uint8 (3, h, w); invalid pixels become 0."""
+        if self._palette is not None:
+            index = data[0].astype(np.intp, copy=False)
+            np.clip(index, 0, len(self._palette) - 1, out=index)
+            valid &= self._palette_valid[index]
+            rgb = np.ascontiguousarray(np.moveaxis(self._palette[index], -1, 0))
+        else:
+            if self._stretch is None:
+                channels = data if data.dtype == np.uint8 else data.astype(np.uint8)
+            else:
+                channels = _apply_stretch(data, self._stretch)
+            rgb = np.repeat(channels, 3, axis=0) if channels.shape[0] == 1 else channels
+        if not valid.all():
+            rgb *= valid  # zero the invalid pixels; far cheaper than boolean indexing
+        return rgb
+
+    def _rect(self, col_off: int, row_off: int, width: int, height: int, out_w: int, out_h: int):
+        rio_window = RioWindow(col_off, row_off, width, height)
+        data, valid = self._read_raw(rio_window, out_h, out_w, self._data_resampling)
+        return self._to_rgb(data, valid), valid
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """The window's model input: uint8 (3, S, S) RGB and bool (S, S) validity.
+
+        Only the window's source rectangle is read, resampled into the destination
+        rectangle; the padding around it is 0 and invalid.
+        """
+        self._check(window)
+        rgb, valid = self._rect(
+            window.col_off, window.row_off, window.width, window.height, window.dst_width, window.dst_height
+        )
+        size = window.size
+        canvas = np.zeros((3, size, size), dtype=np.uint8)
+        canvas_valid = np.zeros((size, size), dtype=bool)
+        rows, cols = window.dst_slices
+        canvas[:, rows, cols] = rgb
+        canvas_valid[rows, cols] = valid
+        return canvas, canvas_valid
+
+    def read_valid(self, window: Window) -> np.ndarray:
+        """Only the validity canvas (S, S) of ``read``: cheap when validity needs no pixel values."""
+        self._check(window)
+        rio_window = RioWindow(window.col_off, window.row_off, window.width, window.height)
+        out_h, out_w = window.dst_height, window.dst_width
+        if self._float or self._palette is not None or (self._validity == "nodata" and window.native):
+            # These need the pixel values (NaNs, palette alpha, nodata compared in place).
+            _, valid = self.read(window)
+            return valid
+        try:
+            valid = self._validity_from(rio_window, out_h, out_w)
+        except _READ_ERRORS as exc:
+            raise self._read_error(rio_window, exc) from None
+        canvas = np.zeros((window.size, window.size), dtype=bool)
+        canvas[window.dst_slices] = valid
+        return canvas
+
+    def read_valid_rows(self, row_off: int, height: int) -> np.ndarray:
+        """Validity (height, scene width) of whole scene rows at the file's own resolution.
+
+        Resampled windows only approximate validity (nearest canvas pixel); outputs use
+        this so that every invalid input pixel is nodata whatever the windows were.
+        """
+        width = self.scene.width
+        rio_window = RioWindow(0, row_off, width, height)
+        if self._float or self._palette is not None:
+            # NaNs and transparent palette entries are only known from the values.
+            _, valid = self._rect(0, row_off, width, height, width, height)
+            return valid
+        try:
+            return self._validity_from(rio_window, height, width)
+        except _READ_ERRORS as exc:
+            raise self._read_error(rio_window, exc) from None
+
+    def read_overview(self, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+        """The whole scene reduced so its long side is at most ``max_side``: (rgb (3,h,w), valid (h,w)).
+
+        GDAL serves it from overviews when there are any; never a full-resolution read.
+        """
+        if max_side < 1:
+            raise ValueError(f"max_side {max_side} is not positive")
+        width, height = self.scene.width, self.scene.height
+        factor = min(1.0, max_side / max(width, height))
+        out_w = max(1, int(round(width * factor)))
+        out_h = max(1, int(round(height * factor)))
+        return self._rect(0, 0, width, height, out_w, out_h)
+
+    def _check(self, window: Window) -> None:
+        if (
+            window.col_off < 0 or window.row_off < 0 or window.width < 1 or window.height < 1
+            or window.col_off + window.width > self.scene.width
+            or window.row_off + window.height > self.scene.height
+        ):
+            raise ValueError(f"window {window} is not inside the {self.scene.width}x{self.scene.height} scene")
+
+    # -- life cycle --------------------------------------------------------------------
+
+    def close(self) -> None:
+        for dataset in (self._src, self._file):
+            if dataset is not None and not dataset.closed:
+                dataset.close()
+        self._src = self._file = None
+        if self._env is not None:
+            self._env.__exit__(None, None, None)
+            self._env = None
+
+    def __enter__(self) -> "SceneReader":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _block_cache_bytes(path: Path) -> int:
+    """Enough cache for the blocks under one grid row of windows plus the next, within bounds.
+
+    Tiles are decoded once even though neighbouring windows overlap: the row of windows
+    being read and the rows it shares with the next grid row stay cached.
+    """
+    low, high = GDAL_CACHE_MIN_MB * 2**20, GDAL_CACHE_MAX_MB * 2**20
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                block_rows = src.block_shapes[0][0] if src.block_shapes else 1
+                bytes_per_pixel = sum(np.dtype(dt).itemsize for dt in src.dtypes)
+                need = (_CACHE_WINDOW_ROWS + 2 * block_rows) * src.width * bytes_per_pixel * 5 // 4
+    except _READ_ERRORS:
+        return low  # the real open reports the problem
+    return int(min(high, max(low, need)))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _describe_open_error(exc: BaseException) -> str:
+    text = _first_line(exc)
+    lowered = text.lower()
+    if "not recognized as being in a supported file format" in lowered or "not recognised" in lowered:
+        return "not a raster format GDAL can read"
+    if "permission denied" in lowered:
+        return "permission denied"
+    return f"cannot be opened as a raster ({text})"
+
+
+def _choose_bands(src, bands: Optional[Sequence[int]], fail) -> tuple[list[int], str]:
+    """(1-based band indexes, "rgb" | "gray" | "palette")."""
+    interps = list(src.colorinterp)
+    if bands is not None:
+        chosen = [int(b) for b in bands]
+        if len(chosen) not in (1, 3):
+            raise fail(f"--bands names {len(chosen)} bands; give one (gray) or three (red,green,blue)")
+        for b in chosen:
+            if not 1 <= b <= src.count:
+                raise fail(f"--bands asks for band {b}, but the file has {src.count} band{'s' if src.count != 1 else ''}")
+    else:
+        by_interp = {ci: i for i, ci in reversed(list(enumerate(interps, start=1)))}
+        if all(ci in by_interp for ci in (ColorInterp.red, ColorInterp.green, ColorInterp.blue)):
+            chosen = [by_interp[ColorInterp.red], by_interp[ColorInterp.green], by_interp[ColorInterp.blue]]
+        else:
+            colour_bands = [i for i, ci in enumerate(interps, start=1) if ci != ColorInterp.alpha] or [1]
+            chosen = colour_bands[:3] if len(colour_bands) >= 3 else colour_bands[:1]
+    if len(chosen) == 1:
+        has_table = interps[chosen[0] - 1] == ColorInterp.palette
+        return chosen, "palette" if has_table and _has_colormap(src, chosen[0]) else "gray"
+    return chosen, "rgb"
+
+
+def _has_colormap(src, band: int) -> bool:
+    try:
+        return bool(src.colormap(band))
+    except (ValueError, *_READ_ERRORS):
+        return False
+
+
+def _palette_table(src, band: int) -> tuple[np.ndarray, np.ndarray]:
+    """(RGB lookup (N, 3) uint8, entry usable (N,) bool); a fully transparent entry is invalid."""
+    colormap = src.colormap(band)
+    size = max(256, max(colormap) + 1)
+    table = np.zeros((size, 3), dtype=np.uint8)
+    usable = np.ones(size, dtype=bool)
+    for index, rgba in colormap.items():
+        table[index] = rgba[:3]
+        usable[index] = len(rgba) < 4 or rgba[3] > 0
+    return table, usable
+
+
+def _validity_kind(src, bands: tuple[int, ...]) -> tuple[str, tuple]:
+    """("none" | "mask" | "alpha" | "nodata", the chosen bands' nodata values)."""
+    nodata = tuple(src.nodatavals[b - 1] for b in bands)
+    flags = [set(src.mask_flag_enums[b - 1]) for b in bands]
+    if any(MaskFlags.alpha in f for f in flags):
+        return "alpha", nodata
+    if any(MaskFlags.per_dataset in f for f in flags):
+        return "mask", nodata
+    if all(MaskFlags.nodata in f for f in flags) and all(v is not None for v in nodata):
+        return "nodata", nodata
+    return "none", nodata
+
+
+def _apply_stretch(data: np.ndarray, stretch: Sequence[tuple[float, float]]) -> np.ndarray:
+    work_dtype = np.float64 if data.dtype.itemsize > 4 else np.float32
+    out = np.empty(data.shape, dtype=np.uint8)
+    for index, (low, high) in enumerate(stretch):
+        channel = data[index].astype(work_dtype)
+        channel -= work_dtype(low)
+        channel *= work_dtype(255.0 / (high - low))
+        np.clip(channel, 0, 255, out=channel)
+        np.nan_to_num(channel, copy=False, nan=0.0)
+        np.rint(channel, out=channel)
+        out[index] = channel
+    return out

@@ -1,0 +1,58 @@
+"""Fixtures shared by the test modules."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture
+def real_scenes_dir() -> Path:
+    """The folder of public sample scenes next to the repository; skips when it is absent."""
+    folder = SHARED / "real_scenes"
+    if not folder.is_dir():
+        pytest.skip("../shared/real_scenes not present")
+    return folder
+
+
+@pytest.fixture
+def write_geotiff(tmp_path):
+    """``write_geotiff(name, data (bands, h, w), **profile) -> Path``: a tiled GeoTIFF in tmp_path.
+
+    Profile keys override the defaults (no CRS, identity transform); ``colorinterp``,
+    ``colormap`` (band 1) and ``gcps`` (list, crs) are applied after creation.
+    """
+    import numpy as np
+    import rasterio
+    import rasterio.errors
+
+    def write(name, data, colorinterp=None, colormap=None, gcps=None, **profile):
+        data = np.asarray(data)
+        if data.ndim == 2:
+            data = data[None]
+        count, height, width = data.shape
+        options = dict(driver="GTiff", width=width, height=height, count=count, dtype=data.dtype.name)
+        if width >= 16 and height >= 16:
+            options.update(tiled=True, blockxsize=16 * max(1, min(width, 256) // 16),
+                           blockysize=16 * max(1, min(height, 256) // 16))
+        options.update(profile)
+        path = tmp_path / name
+        with warnings.catch_warnings():
+            # Scenes without a geotransform are written on purpose.
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            dst = rasterio.open(path, "w", **options)
+        with dst:
+            dst.write(data)
+            if colorinterp is not None:
+                dst.colorinterp = colorinterp
+            if colormap is not None:
+                dst.write_colormap(1, colormap)
+            if gcps is not None:
+                dst.gcps = gcps
+        return path
+
+    return write
