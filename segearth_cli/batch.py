@@ -1,0 +1,732 @@
+"""Many scenes and questions in one run: job files, grouping, and the record that makes reruns idempotent.
+
+A *job file* lists rows ``scene, question, output`` (CSV with that header, or JSON Lines
+with those keys). Rows with the same scene and question form one *job*, whose outputs are
+all the rows' outputs. Jobs that share a scene are computed by one :func:`run_query` call,
+so each window of the scene is read and encoded once whatever the number of questions.
+
+The idempotency record
+----------------------
+After a job's outputs are committed, ``<output>.segearth.json`` is written beside each of
+them (atomically, temp file then rename). Its ``inputs`` object holds everything that can
+change the output:
+
+* ``scene``: the resolved path, the size, ``mtime_ns`` and ``partial_sha256`` (SHA-256 of
+  the size, the first MiB and the last MiB). Hashing a whole multi-gigabyte scene on every
+  nightly run would cost more than the skip saves; size + mtime catch every ordinary
+  rewrite, and the partial hash catches a file replaced in place with its mtime restored
+  (``cp -p``, ``rsync -t``) whenever the header or the end of the file differ, which is
+  where GeoTIFF keeps its directory and georeferencing. The size and mtime of GDAL's
+  sidecars (``.msk``, ``.ovr``, ``.aux.xml``) are included because they change the pixels
+  the pipeline sees.
+* ``question``: the job's question.
+* ``model``: the id as given and the revision actually used (the commit hash for a hub
+  model, a fingerprint of the files for a local directory, ``built-in`` for tiny-random),
+  the dtype it ran in and the prompt template (``--task``).
+* ``options``: every query option except those that cannot change the result (see
+  :data:`OPTIONS_WITHOUT_EFFECT`). New options therefore count by default.
+* ``tool``: the segearth version.
+
+The record also stores the output's size and ``mtime_ns`` as committed, so an output that
+was edited or replaced by hand is recomputed. GeoTIFF outputs carry the same ``inputs``
+in their ``SEGEARTH_RECORD`` tag, so the provenance travels with the file.
+
+Before a job's outputs are committed its records are rewritten with ``"state":
+"pending"``; only after the commit do they become ``"complete"``. A run killed between the
+two leaves a pending record, which the next run treats as "ours, not finished": it
+recomputes that job and replaces the output without needing ``--overwrite``. An output with
+no record at all was not written by a batch run and is replaced only with ``--overwrite``
+or ``--force``.
+
+A job is *skipped* when every output exists and every record is complete and matches.
+
+Locks
+-----
+Each output is locked (:class:`segearth_cli.atomic.OutputLock`) from the moment a run
+decides to compute it until its record is complete. A second run that finds an output
+locked skips the job (status ``skipped``, reason ``locked by another run``) or, with
+``wait=True``, waits for the lock and then checks the record again, which normally finds the
+job finished by the other run. Locks are taken in sorted path order so waiting runs cannot
+deadlock.
+
+Exit status
+-----------
+:attr:`BatchReport.exit_code` is 0 when every job is ok or skipped; otherwise the exit code
+of the first failed job in job-file order (3 for an unreadable scene, 5 for an output that
+cannot be written, 1 for anything unexpected; see errors.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
+
+from . import __version__
+from .errors import EXIT_FAILURE, EXIT_OK, InputError, OutputError, SegearthError, UsageError
+
+log = logging.getLogger(__name__)
+
+JOB_FIELDS = ("scene", "question", "output")
+RECORD_SUFFIX = ".segearth.json"
+RECORD_FORMAT = 1
+#: GeoTIFF tag holding the same ``inputs`` object as the sidecar.
+RECORD_TAG = "SEGEARTH_RECORD"
+#: Query options that cannot change an output, so a rerun with a different value still skips.
+OPTIONS_WITHOUT_EFFECT = frozenset({"batch_size", "overwrite"})
+
+_PARTIAL_HASH_SPAN = 1 << 20
+_GDAL_SIDECARS = (".msk", ".ovr", ".aux.xml")
+
+STATUS_OK = "ok"
+STATUS_SKIPPED = "skipped"
+STATUS_FAILED = "failed"
+REASON_UP_TO_DATE = "up to date"
+REASON_LOCKED = "locked by another run"
+
+
+# --------------------------------------------------------------------------- job files
+
+
+@dataclass(frozen=True)
+class Job:
+    """One scene and one question, and every output the job file asks for them.
+
+    ``number`` is the job's position (1-based) in order of first appearance in the file;
+    ``lines`` are the file lines that named it.
+    """
+
+    number: int
+    scene: Path
+    question: str
+    outputs: tuple[Path, ...]
+    lines: tuple[int, ...]
+
+
+def _clean_cell(value: Any, key: str, where: str) -> str:
+    if value is None:
+        raise UsageError(f"{where}: missing '{key}'")
+    if not isinstance(value, str):
+        raise UsageError(f"{where}: '{key}' must be text, not {type(value).__name__}")
+    text = value.strip()
+    if not text:
+        raise UsageError(f"{where}: empty '{key}'")
+    return text
+
+
+def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = [name.strip() for name in (reader.fieldnames or [])]
+    if not header:
+        raise UsageError(f"{path}: empty job file (expected the header 'scene,question,output')")
+    if sorted(header) != sorted(JOB_FIELDS):
+        raise UsageError(
+            f"{path}: line 1: the header must be 'scene,question,output' (got '{','.join(header)}')"
+        )
+    reader.fieldnames = header
+    for row in reader:
+        line = reader.line_num
+        if None in row:  # more cells than the header has names
+            raise UsageError(f"{path}: line {line}: more than 3 columns (quote a question that contains a comma)")
+        if all((value or "").strip() == "" for value in row.values()):
+            continue
+        yield line, row
+
+
+def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    for line, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{path}: line {line}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise UsageError(f"{path}: line {line}: expected an object with scene, question and output")
+        extra = sorted(set(row) - set(JOB_FIELDS))
+        if extra:
+            raise UsageError(f"{path}: line {line}: unknown key(s) {', '.join(extra)} (expected scene, question, output)")
+        yield line, row
+
+
+def _looks_like_json_lines(path: Path, text: str) -> bool:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return True
+    if suffix in (".csv", ".tsv", ".txt"):
+        return False
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    return first.lstrip().startswith("{")
+
+
+def read_jobs(path: Path | str) -> list[Job]:
+    """Read a job file; relative paths are taken relative to the file's folder.
+
+    Raises :class:`UsageError` naming the file and line for any malformed row, and for an
+    output named by two different jobs (their results would overwrite each other).
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise UsageError(f"{path}: job file not found") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the job file: {exc.strerror or exc}") from None
+
+    base = path.resolve().parent
+    rows = _jsonl_rows(path, text) if _looks_like_json_lines(path, text) else _csv_rows(path, text)
+
+    jobs: dict[tuple[Path, str], dict[str, Any]] = {}
+    owner_of_output: dict[Path, tuple[tuple[Path, str], int]] = {}
+    for line, row in rows:
+        where = f"{path}: line {line}"
+        scene_text, question, output_text = (_clean_cell(row.get(key), key, where) for key in JOB_FIELDS)
+        scene = _resolve(base, scene_text)
+        output = _resolve(base, output_text)
+        _check_output_kind(output, where)
+        if output == scene:
+            raise UsageError(f"{where}: the output is the scene itself ({output})")
+        key = (scene, question)
+        previous = owner_of_output.get(output)
+        if previous is not None and previous[0] != key:
+            raise UsageError(f"{where}: output {output} is also the output of a different job on line {previous[1]}")
+        entry = jobs.setdefault(key, {"outputs": [], "lines": []})
+        if previous is None:
+            owner_of_output[output] = (key, line)
+            entry["outputs"].append(output)
+        entry["lines"].append(line)
+    if not jobs:
+        raise UsageError(f"{path}: no jobs (expected rows of scene, question, output)")
+    return [
+        Job(number=index, scene=scene, question=question, outputs=tuple(entry["outputs"]), lines=tuple(entry["lines"]))
+        for index, ((scene, question), entry) in enumerate(jobs.items(), start=1)
+    ]
+
+
+def _resolve(base: Path, text: str) -> Path:
+    candidate = Path(os.path.expanduser(text))
+    if not candidate.is_absolute():
+        candidate = base / candidate
+    # Normalise without following symlinks of the output (it may not exist yet).
+    return Path(os.path.normpath(candidate))
+
+
+def _check_output_kind(output: Path, where: str) -> None:
+    from .query import OutputTarget
+
+    try:
+        OutputTarget.from_path(output)
+    except SegearthError as exc:
+        raise UsageError(f"{where}: {exc.message}") from None
+
+
+def group_by_scene(jobs: Iterable[Job]) -> list[tuple[Path, list[Job]]]:
+    """Jobs sharing a scene, in order of the scene's first appearance."""
+    groups: dict[Path, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(job.scene, []).append(job)
+    return list(groups.items())
+
+
+# --------------------------------------------------------------------------- the record
+
+
+def scene_identity(path: Path) -> dict[str, Any]:
+    """What identifies a scene's content cheaply (see the module docstring for why)."""
+    try:
+        stat = path.stat()
+        digest = hashlib.sha256(stat.st_size.to_bytes(8, "little"))
+        with path.open("rb") as handle:
+            digest.update(handle.read(_PARTIAL_HASH_SPAN))
+            if stat.st_size > _PARTIAL_HASH_SPAN:
+                handle.seek(max(_PARTIAL_HASH_SPAN, stat.st_size - _PARTIAL_HASH_SPAN))
+                digest.update(handle.read(_PARTIAL_HASH_SPAN))
+    except FileNotFoundError:
+        raise InputError(f"{path}: scene not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder, not a scene file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the scene: {exc.strerror or exc}") from None
+    identity: dict[str, Any] = {
+        "path": str(path.resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "partial_sha256": digest.hexdigest(),
+    }
+    sidecars = {}
+    for suffix in _GDAL_SIDECARS:
+        try:
+            side = Path(str(path) + suffix).stat()
+        except OSError:
+            continue
+        sidecars[suffix] = {"size": side.st_size, "mtime_ns": side.st_mtime_ns}
+    if sidecars:
+        identity["sidecars"] = sidecars
+    return identity
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def options_record(options: Any) -> dict[str, Any]:
+    """The query options that can change an output, as plain JSON values."""
+    values = _jsonable(options)
+    if not isinstance(values, dict):
+        raise TypeError(f"query options must be a dataclass, not {type(options).__name__}")
+    return {name: value for name, value in sorted(values.items()) if name not in OPTIONS_WITHOUT_EFFECT}
+
+
+def job_inputs(
+    scene: Mapping[str, Any], question: str, model: Mapping[str, Any], options: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The ``inputs`` object of a job's record."""
+    return {
+        "format": RECORD_FORMAT,
+        "scene": dict(scene),
+        "question": question,
+        "model": dict(model),
+        "options": dict(options),
+        "tool": {"name": "segearth", "version": __version__},
+    }
+
+
+def record_path(output: Path) -> Path:
+    return output.with_name(output.name + RECORD_SUFFIX)
+
+
+def read_record(output: Path) -> Optional[dict[str, Any]]:
+    """The record beside ``output``, or None when absent or unreadable (treated as absent)."""
+    try:
+        data = json.loads(record_path(output).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("segearth_record") == RECORD_FORMAT else None
+
+
+def _write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with temp.open("w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write the run record: {exc.strerror or exc}") from None
+
+
+def write_record(output: Path, inputs: Mapping[str, Any], *, state: str, seconds: Optional[float] = None) -> None:
+    data: dict[str, Any] = {
+        "segearth_record": RECORD_FORMAT,
+        "state": state,
+        "inputs": dict(inputs),
+        "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if state == "complete":
+        stat = output.stat()
+        data["output"] = {"name": output.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        if seconds is not None:
+            data["seconds"] = round(seconds, 3)
+    _write_json_atomically(record_path(output), data)
+
+
+def output_is_current(output: Path, inputs: Mapping[str, Any]) -> bool:
+    """True when ``output`` exists and its complete record matches ``inputs`` and the file."""
+    record = read_record(output)
+    if record is None or record.get("state") != "complete" or record.get("inputs") != inputs:
+        return False
+    try:
+        stat = output.stat()
+    except OSError:
+        return False
+    written = record.get("output") or {}
+    return written.get("size") == stat.st_size and written.get("mtime_ns") == stat.st_mtime_ns
+
+
+def job_is_current(job: Job, inputs: Mapping[str, Any]) -> bool:
+    return all(output_is_current(output, inputs) for output in job.outputs)
+
+
+def model_identity(
+    model: str, revision: Optional[str] = None, *, dtype: Any = None, task: Optional[str] = None
+) -> dict[str, Any]:
+    """Which weights will answer: the id as given and the revision actually used.
+
+    For a hub model the revision is the commit hash of the snapshot that ``revision``
+    (default: the main branch) resolves to, downloading it when online exactly as loading
+    would; so "main" moving to a new commit counts as a change, and loading with this
+    commit uses the same files. For a local directory it is a fingerprint of its files'
+    names, sizes and mtimes; for the built-in tiny-random network, ``built-in`` (its
+    weights are a function of the tool version, which the record holds anyway). ``dtype``
+    is the resolved compute dtype (results differ between float32 and bfloat16) and
+    ``task`` the prompt template; both are recorded when given.
+    """
+    identity: dict[str, Any] = {"id": model}
+    local = Path(model).expanduser()
+    if model == "tiny-random":
+        identity["revision"] = "built-in"
+    elif local.is_dir():
+        folder = local.resolve()
+        digest = hashlib.sha256()
+        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+            stat = file.stat()
+            digest.update(f"{file.relative_to(folder).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        identity["id"] = str(folder)
+        identity["revision"] = "files:" + digest.hexdigest()[:16]
+    else:
+        from segearth_model.checkpoint import CheckpointError, ModelNotAvailableError, resolve_checkpoint_dir
+
+        from .errors import ModelUnavailableError
+
+        try:
+            snapshot = resolve_checkpoint_dir(model, revision)
+        except (CheckpointError, ModelNotAvailableError) as exc:
+            raise ModelUnavailableError(str(exc)) from exc
+        identity["revision"] = snapshot.name  # hub snapshot folders are named by commit hash
+    if dtype is not None:
+        identity["dtype"] = str(dtype).replace("torch.", "")
+    if task is not None:
+        identity["task"] = task
+    return identity
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass
+class JobResult:
+    """How one job ended. ``exit_code`` is 0 unless ``status`` is ``failed``."""
+
+    job: Job
+    status: str
+    seconds: float = 0.0
+    reason: Optional[str] = None
+    error: Optional[str] = None
+    exit_code: int = EXIT_OK
+
+    def to_dict(self) -> dict[str, Any]:
+        """One line of the JSON Lines report."""
+        return {
+            "job": self.job.number,
+            "lines": list(self.job.lines),
+            "scene": str(self.job.scene),
+            "question": self.job.question,
+            "outputs": [str(p) for p in self.job.outputs],
+            "status": self.status,
+            "reason": self.reason,
+            "error": self.error,
+            "exit_code": self.exit_code,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class BatchReport:
+    results: list[JobResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every job is ok or skipped, else the exit code of the first failed job."""
+        failed = sorted((r for r in self.results if r.status == STATUS_FAILED), key=lambda r: r.job.number)
+        return failed[0].exit_code if failed else EXIT_OK
+
+    def counts(self) -> dict[str, int]:
+        counts = {STATUS_OK: 0, STATUS_SKIPPED: 0, STATUS_FAILED: 0}
+        for result in self.results:
+            counts[result.status] += 1
+        return counts
+
+
+def _one_line(exc: BaseException) -> tuple[str, int]:
+    if isinstance(exc, SegearthError):
+        return " ".join(exc.message.split()), exc.exit_code
+    code = getattr(exc, "exit_code", None)
+    text = " ".join(str(exc).split())
+    message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return message, code if isinstance(code, int) and code > 0 else EXIT_FAILURE
+
+
+#: Called with each job's result as soon as it is known (report lines stream, so a run that
+#: is killed still leaves the lines of the jobs it finished).
+ResultCallback = Callable[[JobResult], None]
+
+
+def run_batch(
+    jobs: Sequence[Job],
+    segmenter: Any,
+    options: Any,
+    *,
+    model: Mapping[str, Any],
+    force: bool = False,
+    wait: bool = False,
+    on_result: Optional[ResultCallback] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> BatchReport:
+    """Run every job; never raises for a job's failure (it becomes a ``failed`` result).
+
+    ``segmenter`` is a Segmenter, or a function returning one: it is then called once,
+    when the first job needs computing, so a run where every job is up to date never
+    loads the model.
+
+    ``options`` is the :class:`~segearth_cli.query.QueryOptions` applied to all jobs;
+    ``options.overwrite`` allows replacing outputs that have no record (files not written
+    by a batch run). ``model`` is :func:`model_identity` of the loaded segmenter.
+    ``force`` recomputes jobs whose record matches; ``wait`` waits for outputs locked by
+    another run instead of skipping them.
+    """
+    started = time.perf_counter()
+    report = BatchReport()
+
+    def emit(result: JobResult) -> None:
+        report.results.append(result)
+        if on_result is not None:
+            on_result(result)
+
+    settings = _Settings(_LoadOnce(segmenter), options, options_record(options), model, force, wait, emit, progress)
+    for scene, scene_jobs in group_by_scene(jobs):
+        _SceneRun(scene, scene_jobs, settings).run()
+    report.results.sort(key=lambda r: r.job.number)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+class _LoadOnce:
+    """Gives the segmenter, loading it on first use; a failed load fails every later use the same way."""
+
+    def __init__(self, segmenter: Any):
+        self._loader = segmenter if callable(segmenter) and not hasattr(segmenter, "segment") else None
+        self._segmenter = None if self._loader is not None else segmenter
+        self._error: Optional[BaseException] = None
+
+    def __call__(self) -> Any:
+        if self._segmenter is None:
+            if self._error is not None:
+                raise self._error
+            try:
+                self._segmenter = self._loader()
+            except Exception as exc:
+                self._error = exc
+                raise
+        return self._segmenter
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What every scene of a run shares."""
+
+    segmenter: _LoadOnce
+    options: Any
+    recorded_options: dict[str, Any]
+    model: Mapping[str, Any]
+    force: bool
+    wait: bool
+    emit: ResultCallback
+    progress: Optional[Callable[[int, int], None]]
+
+
+class _SceneRun:
+    """The jobs of one scene: check records, lock, compute together, record."""
+
+    def __init__(self, scene: Path, jobs: list[Job], settings: _Settings):
+        self.scene = scene
+        self.jobs = jobs
+        self.settings = settings
+        self.started = time.perf_counter()
+        self.inputs: dict[int, dict[str, Any]] = {}
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def fail(self, job: Job, exc: BaseException, seconds: Optional[float] = None) -> None:
+        message, code = _one_line(exc)
+        log.warning("job %d (%s, %r) failed: %s", job.number, job.scene.name, job.question, message)
+        seconds = self.elapsed() if seconds is None else seconds
+        self.settings.emit(JobResult(job, STATUS_FAILED, seconds, error=message, exit_code=code))
+
+    def skip(self, job: Job, reason: str) -> None:
+        self.settings.emit(JobResult(job, STATUS_SKIPPED, self.elapsed(), reason=reason))
+
+    def run(self) -> None:
+        try:
+            identity = scene_identity(self.scene)
+        except SegearthError as exc:
+            for job in self.jobs:
+                self.fail(job, exc)
+            return
+        self.inputs = {
+            job.number: job_inputs(identity, job.question, self.settings.model, self.settings.recorded_options)
+            for job in self.jobs
+        }
+        to_compute = []
+        for job in self.jobs:
+            if not self.settings.force and job_is_current(job, self.inputs[job.number]):
+                self.skip(job, REASON_UP_TO_DATE)
+            else:
+                to_compute.append(job)
+        to_compute = self._prepare_folders(to_compute)
+        if not to_compute:
+            return
+        locks = self._lock(to_compute)
+        try:
+            to_compute = [job for job in to_compute if all(output in locks for output in job.outputs)]
+            to_compute = self._recheck_after_lock(to_compute)
+            to_compute = self._refuse_foreign_outputs(to_compute)
+            if to_compute:
+                self._compute(to_compute)
+        finally:
+            for lock in locks.values():
+                lock.release()
+
+    def _prepare_folders(self, jobs: list[Job]) -> list[Job]:
+        ready = []
+        for job in jobs:
+            try:
+                for output in job.outputs:
+                    output.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                self.fail(job, OutputError(f"{output}: cannot create folder {output.parent}: {exc.strerror or exc}"))
+                continue
+            ready.append(job)
+        return ready
+
+    def _lock(self, jobs: list[Job]) -> dict[Path, Any]:
+        """Lock every output of ``jobs`` in global path order; jobs with a busy output are skipped."""
+        from .atomic import OutputLock
+
+        locks: dict[Path, Any] = {}
+        busy: dict[int, str] = {}
+        for output, job in sorted((output, job) for job in jobs for output in job.outputs):
+            if job.number in busy:
+                continue
+            lock = OutputLock(output, wait=self.settings.wait)
+            try:
+                lock.acquire()
+            except OutputError as exc:
+                busy[job.number] = exc.message
+                continue
+            locks[output] = lock
+        for job in jobs:
+            if job.number not in busy:
+                continue
+            for output in job.outputs:
+                lock = locks.pop(output, None)
+                if lock is not None:
+                    lock.release()
+            if self.settings.wait:  # waiting cannot time out, so this is a lock that could not be created
+                self.fail(job, OutputError(busy[job.number]))
+            else:
+                log.info("job %d: skipped, %s", job.number, busy[job.number])
+                self.skip(job, f"{REASON_LOCKED}: {busy[job.number]}")
+        return locks
+
+    def _recheck_after_lock(self, jobs: list[Job]) -> list[Job]:
+        # Another run may have finished the job while this one waited for (or raced to) the lock.
+        if self.settings.force:
+            return jobs
+        remaining = []
+        for job in jobs:
+            if job_is_current(job, self.inputs[job.number]):
+                self.skip(job, REASON_UP_TO_DATE)
+            else:
+                remaining.append(job)
+        return remaining
+
+    def _refuse_foreign_outputs(self, jobs: list[Job]) -> list[Job]:
+        if self.settings.options.overwrite or self.settings.force:
+            return jobs
+        allowed = []
+        for job in jobs:
+            foreign = next((o for o in job.outputs if os.path.lexists(o) and read_record(o) is None), None)
+            if foreign is None:
+                allowed.append(job)
+            else:
+                self.fail(job, OutputError(
+                    f"{foreign}: exists but was not written by segearth batch (no {RECORD_SUFFIX} record); "
+                    "pass --overwrite to replace it"
+                ))
+        return allowed
+
+    def _compute(self, jobs: list[Job]) -> None:
+        try:
+            segmenter = self.settings.segmenter()
+        except Exception as exc:  # noqa: BLE001 - the model cannot answer any job
+            for job in jobs:
+                self.fail(job, exc)
+            return
+        try:
+            self._query(jobs, segmenter)
+        except Exception as exc:  # noqa: BLE001 - a job's failure must not end the batch
+            if len(jobs) > 1 and not isinstance(exc, InputError):
+                # Not the scene's fault: one job's output or question may be the cause, so
+                # each job gets its own chance instead of failing together.
+                log.info("%s: computing its %d jobs one by one after: %s", self.scene.name, len(jobs), _one_line(exc)[0])
+                for job in jobs:
+                    self._compute_alone(job, segmenter)
+                return
+            for job in jobs:
+                self.fail(job, exc)
+
+    def _compute_alone(self, job: Job, segmenter: Any) -> None:
+        started = time.perf_counter()
+        try:
+            self._query([job], segmenter)
+        except Exception as exc:  # noqa: BLE001
+            self.fail(job, exc, time.perf_counter() - started)
+
+    def _query(self, jobs: list[Job], segmenter: Any) -> None:
+        from .query import OutputTarget, run_query
+
+        started = time.perf_counter()
+        # Jobs of one scene have distinct questions (a job *is* a scene and a question).
+        questions = [job.question for job in jobs]
+        targets = []
+        for index, job in enumerate(jobs):
+            tags = {RECORD_TAG: json.dumps(self.inputs[job.number], sort_keys=True, ensure_ascii=False)}
+            targets.extend(OutputTarget.from_path(o, question_indexes=(index,), tags=tags) for o in job.outputs)
+        written: list[Path] = []
+        try:
+            for job in jobs:
+                for output in job.outputs:
+                    write_record(output, self.inputs[job.number], state="pending")
+                    written.append(output)
+            run_query(self.scene, questions, targets, segmenter,
+                      dataclasses.replace(self.settings.options, overwrite=True), progress=self.settings.progress)
+        except BaseException:
+            for output in written:
+                if not os.path.lexists(output):
+                    record_path(output).unlink(missing_ok=True)
+            raise
+        seconds = time.perf_counter() - started
+        for job in jobs:
+            try:
+                for output in job.outputs:
+                    write_record(output, self.inputs[job.number], state="complete", seconds=seconds)
+            except SegearthError as exc:
+                self.fail(job, exc, seconds)
+                continue
+            self.settings.emit(JobResult(job, STATUS_OK, seconds))

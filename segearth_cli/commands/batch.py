@@ -1,0 +1,164 @@
+"""`segearth batch JOBS`: every row of a job file, one model load, idempotent reruns.
+
+The job file format, the record that makes reruns skip finished work, the locks and the
+exit status are described in ``segearth_cli/batch.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional, TextIO
+
+import typer
+
+from ..errors import OutputError, UsageError
+from . import options as opt
+
+log = logging.getLogger("segearth_cli.batch")
+
+class _ReportWriter:
+    """Writes one JSON line per job, flushed at once, to stdout (--json) and/or a file (--report)."""
+
+    def __init__(self, to_stdout: bool, path: Optional[Path]):
+        self.streams: list[TextIO] = [sys.stdout] if to_stdout else []
+        self._file: Optional[TextIO] = None
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = path.open("w", encoding="utf-8")
+            except OSError as exc:
+                raise OutputError(f"{path}: cannot write the report: {exc.strerror or exc}") from None
+            self.streams.append(self._file)
+
+    def write(self, line: dict) -> None:
+        text = json.dumps(line, ensure_ascii=False) + "\n"
+        for stream in self.streams:
+            stream.write(text)
+            stream.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def batch_command(
+    jobs: Annotated[Path, typer.Argument(metavar="JOBS", show_default=False,
+                                         help="CSV with the header scene,question,output, or JSON Lines with those keys.")],
+    model: opt.Model = opt.DEFAULT_MODEL,
+    revision: opt.Revision = None,
+    device: opt.Device = "auto",
+    dtype: opt.Dtype = "auto",
+    batch_size: opt.BatchSize = 4,
+    task: opt.Task = "auto",
+    mode: opt.Mode = "auto",
+    window: opt.WindowSize = None,
+    gsd: opt.Gsd = None,
+    overlap: opt.Overlap = None,
+    bands: opt.Bands = None,
+    threshold: opt.Threshold = 0.5,
+    min_area: opt.MinArea = 0.0,
+    simplify: opt.Simplify = 0.0,
+    probabilities: opt.Probabilities = False,
+    cog: opt.Cog = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", rich_help_panel="Answer",
+        help="Replace output files that were not written by segearth batch (they have no .segearth.json record).",
+    )] = False,
+    pixel_coordinates: opt.PixelCoordinates = False,
+    force: Annotated[bool, typer.Option("--force", help="Recompute every job, even those whose record matches.",
+                                        rich_help_panel="Batch")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for outputs another run is writing instead of skipping "
+                                       "them.", rich_help_panel="Batch")] = False,
+    report: Annotated[Optional[Path], typer.Option("--report", metavar="FILE", show_default=False,
+                                                   help="Write the JSON Lines report (one object per job) to FILE.",
+                                                   rich_help_panel="Batch")] = None,
+    json_report: Annotated[bool, typer.Option("--json", help="Write the JSON Lines report to stdout.",
+                                              rich_help_panel="Reporting")] = False,
+    quiet: opt.Quiet = False,
+    debug: opt.Debug = False,  # noqa: ARG001 - read by cli.main before parsing, listed here for --help
+) -> None:
+    """Run every job of JOBS with one model load; finished jobs are skipped on reruns.
+
+    JOBS lists scene,question,output rows; relative paths are relative to JOBS, rows with
+    the same scene share one pass over its windows, and the options apply to every job:
+
+    \b
+        scene,question,output
+        scenes/a.tif,where are the buildings?,out/a_buildings.gpkg
+        scenes/a.tif,where are the buildings?,out/a_buildings.tif
+        scenes/a.tif,where is the water?,out/a_water.gpkg
+
+    \b
+        segearth batch jobs.csv --report report.jsonl
+
+    Exit status: 0 when every job succeeded or was skipped, otherwise the exit status of
+    the first failed job in file order (3 unreadable scene, 4 model unavailable, 5 output
+    not writable, 1 anything else); 2 for a malformed job file.
+    """
+    from ..batch import STATUS_FAILED, model_identity, read_jobs, run_batch
+    from ..query import QueryOptions
+    from .query import load_segmenter, resolve_task
+
+    job_list = read_jobs(jobs)
+    options = QueryOptions(
+        mode=mode.lower(),
+        window=window,
+        gsd=gsd,
+        overlap=overlap,
+        bands=opt.parse_bands(bands),
+        threshold=threshold,
+        min_area=min_area,
+        simplify=simplify,
+        probabilities=probabilities,
+        cog=cog,
+        overwrite=overwrite,
+        batch_size=batch_size,
+        pixel_coordinates=pixel_coordinates,
+    )
+    options.check()
+    task = resolve_task(task, model)
+
+    from segearth_model.checkpoint import resolve_device, resolve_dtype
+
+    try:
+        compute_dtype = resolve_dtype(dtype, resolve_device(device))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    identity = model_identity(model, revision, dtype=compute_dtype, task=task)
+    # Load the very commit the records name, even if "main" moves while this run is going.
+    load_revision = revision if model == "tiny-random" or Path(model).expanduser().is_dir() else identity["revision"]
+
+    def load():
+        return load_segmenter(model, revision=load_revision, device=device, dtype=dtype, task=task, quiet=quiet)
+
+    writer = _ReportWriter(json_report, report)
+    total = len(job_list)
+    show_progress = not quiet and sys.stderr.isatty()
+    finished = 0
+
+    def on_result(result) -> None:
+        nonlocal finished
+        finished += 1
+        writer.write(result.to_dict())
+        if show_progress:
+            detail = result.reason or result.error or f"{result.seconds:.1f} s"
+            print(f"[{finished}/{total}] {result.status:<7} {result.job.scene.name}: {result.job.question!r} "
+                  f"({detail})", file=sys.stderr)
+
+    try:
+        outcome = run_batch(job_list, load, options, model=identity, force=force, wait=wait, on_result=on_result)
+    finally:
+        writer.close()
+
+    counts = outcome.counts()
+    if not quiet:
+        log.info("%d job%s: %d ok, %d skipped, %d failed in %.1f s", total, "" if total == 1 else "s",
+                 counts["ok"], counts["skipped"], counts["failed"], outcome.seconds)
+    if counts[STATUS_FAILED]:
+        first = next(r for r in outcome.results if r.status == STATUS_FAILED)
+        print(f"segearth: error: {counts[STATUS_FAILED]} job(s) failed; first: job {first.job.number} "
+              f"(line {first.job.lines[0]}): {first.error}", file=sys.stderr)
+    raise typer.Exit(outcome.exit_code)
