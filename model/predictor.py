@@ -1,0 +1,104 @@
+"""Windows + questions -> mask logits, with everything shareable computed once.
+
+Per call: the image encoder, projector and pixel decoder run once per window; the prompt
+text before the image runs once per predictor (it never changes); the prompt up to the
+question runs once per window; the questions of all windows then run together.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from .prompt import PromptTokens, check_task, special_token_ids, tokenize_prompt, tokenize_questions
+from .segearth_r1 import SegEarthR1
+from .language import PrefixState
+
+
+class MaskPredictor:
+    """Runs a :class:`SegEarthR1` on RGB windows for a list of questions.
+
+    ``task`` picks the instruction the questions are asked under: ``"reasoning"``
+    (EarthReason-style questions) or ``"referring"`` (short referring expressions, as in
+    RRSIS-D and RefSegRS).
+    """
+
+    def __init__(
+        self,
+        model: SegEarthR1,
+        tokenizer: Any,
+        task: str = "reasoning",
+        *,
+        name: str | None = None,
+        max_rows: int = 16,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.task = check_task(task)
+        self.name = name or getattr(model, "name_or_path", None) or "segearth-r1"
+        if max_rows < 1:
+            raise ValueError("max_rows must be at least 1")
+        # Bounds how many (window, question) pairs share one language/decoder batch, which
+        # bounds the memory of the copied prompt keys/values.
+        self.max_rows = max_rows
+        ids = special_token_ids(tokenizer)
+        config = model.config
+        if (ids.pad, ids.seg) != (config.pad_token_id, config.seg_token_id):
+            raise ValueError(
+                f"tokenizer's [PAD]/[SEG] ids {ids.pad}/{ids.seg} do not match the model's "
+                f"{config.pad_token_id}/{config.seg_token_id}"
+            )
+        self.prompt: PromptTokens = tokenize_prompt(tokenizer, self.task)
+        self._head: PrefixState | None = None
+        self._head_key: tuple | None = None
+        mean = torch.tensor(config.pixel_mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(config.pixel_std, dtype=torch.float32).view(1, 3, 1, 1)
+        self._mean, self._std = mean, std
+
+    @property
+    def input_size(self) -> int:
+        return self.model.config.image_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def _prompt_head(self) -> PrefixState:
+        key = (self.device, self.dtype, self.model.official_numerics)
+        if self._head is None or self._head_key != key:
+            self._head = self.model.encode_prompt_head(self.prompt)
+            self._head_key = key
+        return self._head
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB 0..255 (B, 3, S, S) -> the model's normalised input in the model's dtype and device."""
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        size = self.input_size
+        if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (size, size):
+            raise ValueError(f"images must have shape (B, 3, {size}, {size}), got {tuple(images.shape)}")
+        pixels = images.to(device=self.device, dtype=torch.float32)
+        normalized = (pixels - self._mean.to(self.device)) / self._std.to(self.device)
+        return normalized.to(self.dtype)
+
+    def predict(self, images: torch.Tensor, questions: Sequence[str]) -> torch.Tensor:
+        """Mask logits (B, M, S, S) for ``images`` (B, 3, S, S) RGB 0..255 and M questions.
+
+        The result is a float32 CPU tensor whatever the model's device and dtype, ready for
+        numpy; a logit above 0 is a foreground pixel.
+        """
+        question_ids = tokenize_questions(self.tokenizer, questions)
+        with torch.inference_mode():
+            pixel_values = self.normalize(images)
+            if pixel_values.shape[0] == 0:
+                return torch.zeros((0, len(question_ids), self.input_size, self.input_size))
+            features = self.model.encode_windows(pixel_values)
+            logits = self.model.mask_logits(
+                features, question_ids, self.prompt, head=self._prompt_head(), max_rows=self.max_rows
+            )
+        return logits.float().cpu()
