@@ -1,0 +1,253 @@
+"""The `segearth` command: parse, call, report.
+
+``main()`` is the console entry point. It turns every way a run can end into one exit
+status and at most one line on stderr, because scripts and cron read the status and
+people read the line:
+
+====  ==========================================================================
+0     success, also when nothing was found
+1     anything unexpected (one line; the traceback only with --debug)
+2     usage error
+3     unreadable or unsupported input
+4     model unavailable
+5     output exists without --overwrite, or cannot be written
+130   interrupted (Ctrl-C, SIGINT); partial outputs removed
+143   terminated (SIGTERM); partial outputs removed
+====  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import warnings
+from typing import Optional, Sequence
+
+import typer
+
+try:  # Typer 0.22+ carries its own copy of Click; older releases use the click package.
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - depends on the installed Typer
+    from click import exceptions as click_exceptions
+
+from . import __version__
+from .atomic import Terminated
+from .commands.batch import batch_command
+from .commands.doctor import doctor_command
+from .commands.eval import eval_command
+from .commands.models import models_app
+from .commands.query import query_command
+from .errors import EXIT_FAILURE, EXIT_USAGE, SegearthError
+
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+EXAMPLE = """\
+Example:
+
+    segearth query scene.tif "where could flood relief camps be placed?" \\
+        -o camps.gpkg -o camps.tif
+
+writes the answer as polygons (GeoPackage, in the scene's CRS) and as a mask GeoTIFF
+on the scene's grid. To try the pipeline without downloading a model:
+
+    segearth query sample_scenes/harbour_utm.tif "where are the roofs?" \\
+        --model tiny-random -o roofs.gpkg
+"""
+
+app = typer.Typer(
+    name="segearth",
+    help="Ask a question about a GeoTIFF scene; get back a georeferenced mask and polygons.\n\n" + EXAMPLE,
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"segearth {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(
+        None, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Ask a question about a GeoTIFF scene; get back a georeferenced mask and polygons."""
+
+
+app.command(
+    "query",
+    help="Answer QUESTION(s) about SCENE and write the answer to every -o output.\n\n" + EXAMPLE,
+    no_args_is_help=True,
+)(query_command)
+app.command("batch", no_args_is_help=True)(batch_command)
+app.command("eval", no_args_is_help=True)(eval_command)
+app.add_typer(models_app, name="models")
+app.command("doctor")(doctor_command)
+
+
+class _TerminationHandler:
+    """Turn SIGTERM into ``atomic.Terminated`` and remember that it came.
+
+    Terminated is a KeyboardInterrupt so that every clean-up written for Ctrl-C runs for a
+    polite kill too; Typer maps both to status 130, so the flag tells 143 apart.
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def __call__(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+        self.received = True
+        raise Terminated(f"terminated by signal {signum}")
+
+
+class _OneLineWarnings:
+    """Show each distinct warning once, as ``segearth: warning: ...`` without source lines.
+
+    rasterio's NotGeoreferencedWarning and friends otherwise print a file path, a line
+    number and a code excerpt that mean nothing to a user.
+    """
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def __call__(self, message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG002
+        text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
+        if text in self.seen:
+            return
+        self.seen.add(text)
+        logging.getLogger("segearth_cli").warning("%s", text)
+
+
+class _LineFormatter(logging.Formatter):
+    """``segearth: message`` for information, ``segearth: warning: message`` above it."""
+
+    def __init__(self, debug: bool):
+        super().__init__()
+        self.debug = debug
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = " ".join(record.getMessage().split()) if not self.debug else record.getMessage()
+        level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        where = f"{record.name}: " if self.debug else ""
+        text = f"segearth: {level}{where}{message}"
+        if self.debug and record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def _configure_logging(debug: bool, quiet: bool) -> None:
+    level = logging.DEBUG if debug else (logging.WARNING if quiet else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LineFormatter(debug))
+    root = logging.getLogger("segearth_cli")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    model_log = logging.getLogger("segearth_model")
+    model_log.handlers[:] = [handler]
+    model_log.setLevel(level)
+    model_log.propagate = False
+    # GDAL's own chatter (rasterio._env) is routed through warnings/SegearthError instead.
+    logging.getLogger("rasterio").setLevel(logging.ERROR if not debug else logging.DEBUG)
+
+
+def _error_line(message: str) -> None:
+    first = " ".join(str(message).split()) or "unknown error"
+    print(f"segearth: error: {first}", file=sys.stderr)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line and exit with its status (see the module docstring)."""
+    sys.exit(run(argv))
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
+    """The body of ``main`` that returns the exit status instead of exiting (used by tests)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    quiet = "--quiet" in args
+    _configure_logging(debug, quiet)
+    previous_showwarning = warnings.showwarning
+    warnings.showwarning = _OneLineWarnings()
+    previous_term = None
+    termination = _TerminationHandler()
+    try:
+        previous_term = signal.signal(signal.SIGTERM, termination)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        pass
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=args, prog_name="segearth", standalone_mode=False)
+        # Click returns the status of ctx.exit()/typer.Exit in non-standalone mode, and
+        # Typer turns a KeyboardInterrupt inside a command into status 130.
+        status = result if isinstance(result, int) else 0
+        if status == EXIT_INTERRUPTED:
+            if termination.received:
+                _error_line("terminated; partial outputs removed")
+                return EXIT_TERMINATED
+            _error_line("interrupted; partial outputs removed")
+        return status
+    except SegearthError as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        _error_line(exc.message)
+        return exc.exit_code
+    except click_exceptions.NoArgsIsHelpError as exc:
+        # `segearth` or `segearth query` with nothing: the help is the answer, but a script
+        # that did this made a mistake. (Typer's rich help prints itself and returns "".)
+        text = exc.ctx.get_help() if exc.ctx else str(exc)
+        if text:
+            print(text, file=sys.stderr)
+        return EXIT_USAGE
+    except click_exceptions.UsageError as exc:
+        hint = ""
+        if exc.ctx is not None:
+            hint = f" (see '{exc.ctx.command_path} --help')"
+        _error_line(exc.format_message() + hint)
+        return EXIT_USAGE
+    except click_exceptions.ClickException as exc:
+        _error_line(exc.format_message())
+        return exc.exit_code
+    except typer.Abort:
+        _error_line("interrupted")
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # Terminated included, when raised outside Typer's reach
+        if termination.received:
+            _error_line("terminated; partial outputs removed")
+            return EXIT_TERMINATED
+        _error_line("interrupted; partial outputs removed")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # stdout closed by a pager or `head`: not worth a traceback.
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return EXIT_FAILURE
+    except Exception as exc:  # noqa: BLE001 - the last line of defence promises one line
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        name = type(exc).__name__
+        detail = f"{name}: {exc}" if str(exc) else name
+        _error_line(detail if debug else f"{detail} (run again with --debug for the traceback)")
+        return EXIT_FAILURE
+    finally:
+        warnings.showwarning = previous_showwarning
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+
+
+if __name__ == "__main__":
+    main()

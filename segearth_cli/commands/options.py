@@ -1,0 +1,203 @@
+"""Command-line options shared by several commands, each defined once.
+
+Commands declare a parameter with one of these ``Annotated`` types and a default, so the
+spelling, help text and validation of an option are the same wherever it appears.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+DEFAULT_MODEL = "earth-insights/SegEarth-R1-EarthReason"
+
+_MODEL_PANEL = "Model"
+_WINDOW_PANEL = "Windows"
+_ANSWER_PANEL = "Answer"
+_REPORT_PANEL = "Reporting"
+
+
+def _check_probability(value: float) -> float:
+    if not 0.0 < value < 1.0:
+        raise typer.BadParameter(f"{value} is not a probability strictly between 0 and 1")
+    return value
+
+
+def _check_positive(value: Optional[float]) -> Optional[float]:
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"{value} is not a positive number")
+    return value
+
+
+def _check_overlap(value: Optional[float]) -> Optional[float]:
+    if value is not None and not 0.0 <= value < 1.0:
+        raise typer.BadParameter(f"{value} is not a fraction of the window in [0, 1)")
+    return value
+
+
+def _check_bands(value: Optional[str]) -> Optional[str]:
+    if value is None:
+        return None
+    parts = [p.strip() for p in value.split(",")]
+    if len(parts) not in (1, 3) or not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise typer.BadParameter(f"{value!r}: give one band or three, 1-based and comma-separated, e.g. 4,3,2")
+    return value
+
+
+def parse_bands(value: Optional[str]) -> Optional[tuple[int, ...]]:
+    """``"4,3,2"`` -> ``(4, 3, 2)``; the option callback has already checked the form."""
+    if value is None:
+        return None
+    return tuple(int(p) for p in value.split(","))
+
+
+Model = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        metavar="NAME|DIR",
+        envvar="SEGEARTH_MODEL",
+        help="Hugging Face repo id, a local checkpoint directory, or 'tiny-random' "
+        "(a random miniature network for trying the pipeline; its answers mean nothing).",
+        rich_help_panel=_MODEL_PANEL,
+    ),
+]
+Revision = Annotated[
+    Optional[str],
+    typer.Option(
+        "--revision", metavar="REV", help="Branch, tag or commit of a hub model (pin it for reproducible runs).",
+        rich_help_panel=_MODEL_PANEL,
+    ),
+]
+Device = Annotated[
+    str,
+    typer.Option(
+        "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps; auto picks a GPU when one is usable.",
+        rich_help_panel=_MODEL_PANEL,
+    ),
+]
+Dtype = Annotated[
+    str,
+    typer.Option(
+        "--dtype",
+        metavar="DTYPE",
+        help="auto, float32, bfloat16 or float16; auto is bfloat16 on a GPU that supports it, float32 otherwise.",
+        rich_help_panel=_MODEL_PANEL,
+    ),
+]
+BatchSize = Annotated[
+    int,
+    typer.Option("--batch-size", min=1, metavar="N", help="Windows sent to the model at once.",
+                 rich_help_panel=_MODEL_PANEL),
+]
+Task = Annotated[
+    str,
+    typer.Option(
+        "--task",
+        metavar="TASK",
+        help="Prompt template: 'reasoning' (implicit questions, EarthReason), 'referring' (short descriptions, "
+        "RRSIS-D/RefSegRS) or 'auto' (from the model name).",
+        rich_help_panel=_MODEL_PANEL,
+    ),
+]
+Mode = Annotated[
+    str,
+    typer.Option(
+        "--mode",
+        metavar="auto|whole|tiled",
+        help="whole: the scene resized into one model input; tiled: overlapping windows; auto: chooses by scene size.",
+        rich_help_panel=_WINDOW_PANEL,
+    ),
+]
+WindowSize = Annotated[
+    Optional[int],
+    typer.Option("--window", min=16, metavar="PIXELS", help="Tiled mode: window footprint in source pixels.",
+                 rich_help_panel=_WINDOW_PANEL),
+]
+Gsd = Annotated[
+    Optional[float],
+    typer.Option(
+        "--gsd", metavar="METRES", callback=_check_positive,
+        help="Tiled mode: ground resolution fed to the model, metres per model pixel (sets the window footprint).",
+        rich_help_panel=_WINDOW_PANEL,
+    ),
+]
+Overlap = Annotated[
+    Optional[float],
+    typer.Option(
+        "--overlap", metavar="FRACTION", callback=_check_overlap,
+        help="Tiled mode: fraction of the window shared with each neighbour.", rich_help_panel=_WINDOW_PANEL,
+    ),
+]
+Bands = Annotated[
+    Optional[str],
+    typer.Option(
+        "--bands", metavar="R,G,B", callback=_check_bands,
+        help="1-based bands to use as red,green,blue (or one band as gray). Default: by colour interpretation, "
+        "else the first three.",
+        rich_help_panel=_WINDOW_PANEL,
+    ),
+]
+Threshold = Annotated[
+    float,
+    typer.Option("--threshold", metavar="P", callback=_check_probability,
+                 help="Probability above which a pixel answers the question.", rich_help_panel=_ANSWER_PANEL),
+]
+MinArea = Annotated[
+    float,
+    typer.Option("--min-area", min=0.0, metavar="M2", help="Drop polygons smaller than this many square metres.",
+                 rich_help_panel=_ANSWER_PANEL),
+]
+Simplify = Annotated[
+    float,
+    typer.Option("--simplify", min=0.0, metavar="METRES",
+                 help="Simplify polygon outlines with this tolerance in metres (topology kept); 0 keeps pixel edges.",
+                 rich_help_panel=_ANSWER_PANEL),
+]
+Probabilities = Annotated[
+    bool,
+    typer.Option("--probabilities", help="Add a band of probability (0-254, 255 nodata) to GeoTIFF outputs.",
+                 rich_help_panel=_ANSWER_PANEL),
+]
+Cog = Annotated[
+    bool,
+    typer.Option("--cog", help="Write GeoTIFF outputs as Cloud-Optimized GeoTIFFs with overviews.",
+                 rich_help_panel=_ANSWER_PANEL),
+]
+Overwrite = Annotated[
+    bool,
+    typer.Option("--overwrite", help="Replace outputs that already exist (otherwise exit 5 and leave them).",
+                 rich_help_panel=_ANSWER_PANEL),
+]
+PixelCoordinates = Annotated[
+    bool,
+    typer.Option("--pixel-coordinates",
+                 help="Allow vector outputs for a scene without georeferencing; coordinates are pixel col,row.",
+                 rich_help_panel=_ANSWER_PANEL),
+]
+Outputs = Annotated[
+    list[Path],
+    typer.Option(
+        "--output", "-o", metavar="OUT",
+        help="Output file; its extension sets the kind: .tif/.tiff mask GeoTIFF, .gpkg GeoPackage, "
+        ".geojson/.json GeoJSON (EPSG:4326), .png quicklook. Repeat for several.",
+        show_default=False,
+    ),
+]
+Json = Annotated[
+    bool,
+    typer.Option("--json", help="Print one JSON summary object on stdout.", rich_help_panel=_REPORT_PANEL),
+]
+Quiet = Annotated[
+    bool,
+    typer.Option("--quiet", help="No progress bar and no informational messages; errors are still printed.",
+                 rich_help_panel=_REPORT_PANEL),
+]
+Debug = Annotated[
+    bool,
+    typer.Option("--debug", help="Log details and show the full traceback of unexpected errors.",
+                 rich_help_panel=_REPORT_PANEL),
+]

@@ -1,0 +1,503 @@
+"""One query from scene to committed outputs: the orchestration behind `segearth query`.
+
+The scene is read once, window by window; every window goes through the segmenter once
+for all questions, and every finished row block goes to every output. Outputs are written
+to temporary files and renamed onto their targets only when all of them closed cleanly.
+
+Usable without the command line::
+
+    from segearth_cli.query import OutputTarget, QueryOptions, run_query
+    report = run_query("scene.tif", ["where are the buildings?"],
+                       [OutputTarget.for_path("roofs.gpkg")], segmenter, QueryOptions(mode="tiled"))
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Optional, Sequence
+
+from .errors import UsageError
+from .windows import MODES
+
+log = logging.getLogger(__name__)
+
+#: Output kind for each extension a user may give (lower-cased).
+KIND_BY_EXTENSION = {
+    ".tif": "raster",
+    ".tiff": "raster",
+    ".gpkg": "gpkg",
+    ".geojson": "geojson",
+    ".json": "geojson",
+    ".png": "png",
+}
+VECTOR_KINDS = ("gpkg", "geojson")
+
+#: ``progress(windows_done, windows_total)``; skipped windows count as done.
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class QueryOptions:
+    mode: str = "auto"
+    #: Tiled mode: window footprint in source pixels (None: the planner's default).
+    window: Optional[int] = None
+    #: Tiled mode: metres per model pixel; sets the footprint from the scene's resolution.
+    gsd: Optional[float] = None
+    #: Fraction of a window shared with each neighbour (None: the planner's default).
+    overlap: Optional[float] = None
+    #: 1-based source bands used as R,G,B (or one band as gray); None chooses by colour interpretation.
+    bands: Optional[tuple[int, ...]] = None
+    #: Probability above which a pixel answers the question (0.5 is logit 0).
+    threshold: float = 0.5
+    min_area: float = 0.0
+    simplify: float = 0.0
+    probabilities: bool = False
+    cog: bool = False
+    overwrite: bool = False
+    batch_size: int = 4
+    pixel_coordinates: bool = False
+
+    def check(self) -> None:
+        if self.mode not in MODES:
+            raise UsageError(f"--mode {self.mode!r}: choose one of {', '.join(MODES)}")
+        if self.window is not None and self.gsd is not None:
+            raise UsageError("--window and --gsd both set the window footprint; give one of them")
+        if self.mode == "whole" and (self.window is not None or self.gsd is not None):
+            raise UsageError("--window and --gsd apply to tiled windows, not to --mode whole")
+        if self.window is not None and self.window < 1:
+            raise UsageError(f"--window {self.window}: must be a positive number of pixels")
+        if self.gsd is not None and not self.gsd > 0:
+            raise UsageError(f"--gsd {self.gsd}: must be a positive number of metres")
+        if self.overlap is not None and not 0.0 <= self.overlap < 1.0:
+            raise UsageError(f"--overlap {self.overlap}: must be a fraction in [0, 1)")
+        if not 0.0 < self.threshold < 1.0:
+            raise UsageError(f"--threshold {self.threshold}: must be a probability strictly between 0 and 1")
+        if self.min_area < 0 or self.simplify < 0:
+            raise UsageError("--min-area and --simplify cannot be negative")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size {self.batch_size}: must be at least 1")
+
+
+@dataclass(frozen=True)
+class OutputTarget:
+    path: Path
+    kind: str
+    #: Which questions (indexes into the question list) this output answers; None: all.
+    question_indexes: Optional[tuple[int, ...]] = None
+    #: Extra dataset tags for a GeoTIFF output (provenance records); ignored by other kinds.
+    tags: Optional[Mapping[str, object]] = None
+
+    @classmethod
+    def for_path(
+        cls,
+        path: "str | os.PathLike[str]",
+        question_indexes: Optional[Sequence[int]] = None,
+        tags: Optional[Mapping[str, object]] = None,
+    ) -> "OutputTarget":
+        path = Path(path)
+        kind = KIND_BY_EXTENSION.get(path.suffix.lower())
+        if kind is None:
+            known = ", ".join(sorted(KIND_BY_EXTENSION))
+            raise UsageError(f"{path}: unknown output type {path.suffix or '(no extension)'!r}; use one of {known}")
+        return cls(path, kind, None if question_indexes is None else tuple(question_indexes),
+                   None if tags is None else dict(tags))
+
+    from_path = for_path
+
+    def questions(self, all_questions: Sequence[str]) -> list[str]:
+        if self.question_indexes is None:
+            return list(all_questions)
+        return [all_questions[i] for i in self.question_indexes]
+
+
+@dataclass
+class QuestionResult:
+    question: str
+    found: bool
+    #: Polygons of the answer after --min-area (counted even when no vector output is written).
+    polygons: int
+    #: Total area of those polygons in square metres; None for a scene without a CRS.
+    area_m2: Optional[float]
+    #: Scene pixels inside those polygons.
+    pixels: int
+
+
+@dataclass
+class QueryReport:
+    scene: str
+    model: str
+    outputs: list[dict]
+    questions: list[QuestionResult]
+    found: bool
+    windows_total: int
+    windows_run: int
+    windows_skipped: int
+    mode: str
+    timings: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def validate_query(
+    scene_path: "str | os.PathLike[str]",
+    questions: Sequence[str],
+    targets: Sequence[OutputTarget],
+    options: QueryOptions,
+) -> None:
+    """Everything that can be checked before the model is loaded; raises a SegearthError.
+
+    Called by :func:`run_query` too; the command line calls it first so that a typo costs
+    no model load.
+    """
+    from .scene import open_scene
+
+    options.check()
+    _check_questions(questions)
+    _check_targets(scene_path, questions, targets, options.overwrite)
+    with open_scene(scene_path, bands=options.bands) as reader:
+        _check_against_scene(reader.scene, scene_path, targets, options)
+
+
+def _check_questions(questions: Sequence[str]) -> None:
+    if not questions:
+        raise UsageError("no question given")
+    for question in questions:
+        if not isinstance(question, str) or not question.strip():
+            raise UsageError("a question is empty")
+
+
+def _check_targets(
+    scene_path: "str | os.PathLike[str]", questions: Sequence[str], targets: Sequence[OutputTarget], overwrite: bool
+) -> None:
+    if not targets:
+        raise UsageError("no output given: add -o OUT (.tif, .gpkg, .geojson or .png)")
+    from .atomic import check_target_writable
+
+    scene_resolved = Path(scene_path).resolve()
+    seen: set[Path] = set()
+    for target in targets:
+        resolved = target.path.resolve()
+        if resolved in seen:
+            raise UsageError(f"{target.path}: given twice as an output")
+        seen.add(resolved)
+        if resolved == scene_resolved:
+            raise UsageError(f"{target.path}: is the input scene; choose another output path")
+        if target.question_indexes is not None:
+            bad = [i for i in target.question_indexes if not 0 <= i < len(questions)]
+            if bad or not target.question_indexes:
+                raise UsageError(f"{target.path}: question indexes {list(target.question_indexes)} do not fit "
+                                 f"{len(questions)} question(s)")
+        check_target_writable(target.path, overwrite)
+
+
+def _check_against_scene(scene, scene_path, targets: Sequence[OutputTarget], options: QueryOptions) -> None:
+    georeferenced = scene.georeferenced
+    has_crs = georeferenced and scene.crs is not None
+    vectors = [t for t in targets if t.kind in VECTOR_KINDS]
+    if vectors and not georeferenced and not options.pixel_coordinates:
+        raise UsageError(
+            f"{scene_path}: has no georeferencing, so {vectors[0].path} would have no map coordinates; "
+            "pass --pixel-coordinates to write polygons in pixel units (col, row)"
+        )
+    geojson = [t for t in targets if t.kind == "geojson"]
+    if geojson and not has_crs:
+        raise UsageError(
+            f"{geojson[0].path}: GeoJSON is lon/lat (RFC 7946), but {scene_path} has no coordinate reference "
+            "system; write a .gpkg instead"
+        )
+    if vectors and not has_crs and (options.min_area > 0 or options.simplify > 0):
+        raise UsageError(
+            f"{scene_path}: has no coordinate reference system, so --min-area and --simplify (metres) cannot be measured"
+        )
+    if options.gsd is not None and not has_crs:
+        raise UsageError(f"{scene_path}: --gsd needs a scene with a coordinate reference system; use --window")
+
+
+class _TimedSegmenter:
+    """Passes calls through to the segmenter and adds up the seconds spent in it."""
+
+    def __init__(self, segmenter, clock: "_Clock"):
+        self._segmenter = segmenter
+        self._clock = clock
+        self.name = segmenter.name
+        self.input_size = segmenter.input_size
+
+    def segment(self, windows, questions):
+        with self._clock("model"):
+            return self._segmenter.segment(windows, questions)
+
+
+class _TimedReader:
+    """The scene reader as ``stream_row_blocks`` uses it, with read time measured."""
+
+    def __init__(self, reader, clock: "_Clock"):
+        self._reader = reader
+        self._clock = clock
+        self.scene = reader.scene
+
+    def read(self, window):
+        with self._clock("read"):
+            return self._reader.read(window)
+
+
+class _Clock:
+    """Seconds per phase; ``with clock("phase"):`` adds the block's duration to it (nesting allowed)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(phase, time.perf_counter() - started)
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
+
+def run_query(
+    scene_path: "str | os.PathLike[str]",
+    questions: Sequence[str],
+    targets: Sequence[OutputTarget],
+    segmenter,
+    options: QueryOptions = QueryOptions(),
+    progress: Optional[ProgressCallback] = None,
+) -> QueryReport:
+    """Answer ``questions`` about the scene and commit every target; see the module docstring.
+
+    Raises a SegearthError (exit code attached) for bad input, options or outputs; nothing
+    is left at any target path after a failure or an interruption.
+    """
+    from .atomic import AtomicOutputs, remove_stale_temps
+    from .scene import open_scene
+    from .stitch import stream_row_blocks
+    from .windows import plan_windows
+
+    started = time.perf_counter()
+    clock = _Clock()
+    questions = list(questions)
+    targets = list(targets)
+    options.check()
+    _check_questions(questions)
+    _check_targets(scene_path, questions, targets, options.overwrite)
+    # Temporaries of runs that were killed (SIGKILL, power loss) are never at a target
+    # path, but they would pile up in the output folders.
+    for folder in {t.path.resolve().parent for t in targets}:
+        for stale in remove_stale_temps(folder):
+            log.debug("removed %s, left by a run that was killed", stale)
+
+    notes: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        # Everything a user should hear about (GDAL and rasterio warnings above all) is
+        # recorded for the summary; deprecations are for developers and stay silent.
+        warnings.simplefilter("always")
+        for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+            warnings.simplefilter("ignore", category)
+        open_started = time.perf_counter()
+        with open_scene(scene_path, bands=options.bands) as reader:
+            clock.add("open", time.perf_counter() - open_started)
+            scene = reader.scene
+            _check_against_scene(scene, scene_path, targets, options)
+            if not scene.georeferenced:
+                notes.append(f"{scene_path}: has no georeferencing; outputs are in pixel coordinates")
+            with clock("plan"):
+                plan = plan_windows(
+                    scene, options.mode, segmenter.input_size, options.window, options.gsd, options.overlap
+                )
+            log.info("%s: %d x %d px, %s (%d window%s)", scene.name, scene.width, scene.height, plan.reason,
+                     len(plan), "" if len(plan) == 1 else "s")
+
+            counts = {"run": 0, "skipped": 0}
+
+            def on_window(window, ran_model: bool) -> None:
+                counts["run" if ran_model else "skipped"] += 1
+                if progress is not None:
+                    progress(counts["run"] + counts["skipped"], len(plan))
+
+            with AtomicOutputs([t.path for t in targets], overwrite=options.overwrite) as atomic:
+                sinks = _Sinks(reader, questions, targets, atomic, options, segmenter.name)
+                try:
+                    if progress is not None:
+                        progress(0, len(plan))
+                    loop_started = time.perf_counter()
+                    blocks = stream_row_blocks(
+                        _TimedReader(reader, clock), plan, _TimedSegmenter(segmenter, clock), questions,
+                        batch_size=options.batch_size, on_window=on_window,
+                    )
+                    if _validity_is_approximate(scene, plan):
+                        blocks = _with_native_validity(blocks, reader, clock)
+                    for block in blocks:
+                        with clock("write"):
+                            sinks.write(block)
+                    loop = time.perf_counter() - loop_started
+                    accounted = sum(clock.seconds.get(k, 0.0) for k in ("read", "model", "write"))
+                    clock.add("stitch", max(0.0, loop - accounted))
+                    with clock("finish"):
+                        sinks.close()
+                except BaseException:
+                    sinks.abort()
+                    raise
+                commit_started = time.perf_counter()
+            clock.add("commit", time.perf_counter() - commit_started)
+    messages = _unique_messages(notes, caught)
+    for message in messages:
+        log.warning("%s", message)
+
+    summaries = sinks.summaries()
+    results = []
+    for index, question in enumerate(questions):
+        summary = summaries[index]
+        results.append(
+            QuestionResult(
+                question=question,
+                found=summary.polygon_count > 0,
+                pixels=summary.pixel_count,
+                polygons=summary.polygon_count,
+                area_m2=None if summary.total_area_m2 is None else round(float(summary.total_area_m2), 3),
+            )
+        )
+    clock.add("total", time.perf_counter() - started)
+    return QueryReport(
+        scene=str(scene_path),
+        model=segmenter.name,
+        outputs=[
+            {"path": str(t.path), "kind": t.kind, "questions": t.questions(questions)} for t in targets
+        ],
+        questions=results,
+        found=any(r.found for r in results),
+        windows_total=len(plan),
+        windows_run=counts["run"],
+        windows_skipped=counts["skipped"],
+        mode=plan.mode,
+        timings={phase: round(seconds, 3) for phase, seconds in clock.seconds.items()},
+        warnings=messages,
+    )
+
+
+def _validity_is_approximate(scene, plan) -> bool:
+    """Whether resampled windows leave the stitched validity short of the file's own."""
+    can_be_invalid = scene.validity != "none" or scene.colour == "palette" or scene.dtype.startswith("float")
+    return can_be_invalid and any(not window.native for window in plan)
+
+
+def _with_native_validity(blocks, reader, clock: _Clock):
+    """Row blocks whose validity also excludes every invalid pixel of the file itself."""
+    from .stitch import RowBlock
+
+    for block in blocks:
+        with clock("read"):
+            native = reader.read_valid_rows(block.row_off, block.height)
+        yield RowBlock(block.row_off, block.probabilities, block.valid & native)
+
+
+def _unique_messages(notes: Sequence[str], caught: Sequence[warnings.WarningMessage]) -> list[str]:
+    """Our own notes and the Python warnings raised during the run, each once, one line each."""
+    seen: dict[str, None] = {}
+    for text in [*notes, *(str(w.message) for w in caught)]:
+        line = " ".join(text.split())
+        if line:
+            seen.setdefault(line, None)
+    return list(seen)
+
+
+class _Sinks:
+    """Every output of one run, fed the same row blocks.
+
+    Vector outputs answering the same questions share one polygon collector, which also
+    provides the per-question polygon count and area of the run summary; questions no
+    vector output covers get a collector of their own that writes nothing.
+    """
+
+    def __init__(self, reader, questions: Sequence[str], targets: Sequence[OutputTarget], atomic,
+                 options: QueryOptions, model: str):
+        scene = reader.scene
+        from .outputs.raster import MaskRasterSink
+        from .outputs.vectors import VectorSink
+
+        self.rasters: list = []
+        self.previews: list = []
+        self.vectors: dict[Optional[tuple[int, ...]], object] = {}
+        self.vector_targets: list[tuple[OutputTarget, Path, object]] = []
+        pixel_coordinates = not scene.georeferenced
+        has_crs = scene.georeferenced and scene.crs is not None
+        attributes = {"scene": Path(scene.path).name, "model": model}
+        try:
+            for target in targets:
+                temp = atomic.temp_path(target.path)
+                if target.kind == "raster":
+                    self.rasters.append(MaskRasterSink(
+                        temp, scene, questions, target.question_indexes, threshold=options.threshold,
+                        probabilities=options.probabilities, cog=options.cog, tags=target.tags, model=model,
+                    ))
+                elif target.kind in VECTOR_KINDS:
+                    sink = self.vectors.get(target.question_indexes)
+                    if sink is None:
+                        sink = self.vectors[target.question_indexes] = VectorSink(
+                            scene, questions, target.question_indexes, threshold=options.threshold,
+                            min_area_m2=options.min_area, simplify_m=options.simplify, attributes=attributes,
+                            pixel_coordinates=pixel_coordinates,
+                        )
+                    self.vector_targets.append((target, temp, sink))
+                elif target.kind == "png":
+                    from .outputs.preview import PreviewSink
+
+                    self.previews.append(PreviewSink(temp, reader, questions, target.question_indexes,
+                                                     threshold=options.threshold))
+            covered = {i for key in self.vectors for i in (range(len(questions)) if key is None else key)}
+            missing = tuple(i for i in range(len(questions)) if i not in covered)
+            if missing:
+                # Only for the summary: the same rule as the written polygons, metres only with a CRS.
+                self.vectors[("summary", *missing)] = VectorSink(
+                    scene, questions, missing, threshold=options.threshold,
+                    min_area_m2=options.min_area if has_crs else 0.0, attributes=attributes,
+                    pixel_coordinates=pixel_coordinates,
+                )
+        except BaseException:
+            self.abort()
+            raise
+        self.questions = list(questions)
+
+    def _all(self) -> list:
+        return [*self.rasters, *self.vectors.values(), *self.previews]
+
+    def write(self, block) -> None:
+        for sink in self._all():
+            sink.write(block)
+
+    def close(self) -> None:
+        for sink in self._all():
+            sink.close()
+        for target, temp, sink in self.vector_targets:
+            if target.kind == "gpkg":
+                sink.write_gpkg(temp)
+            else:
+                sink.write_geojson(temp)
+
+    def abort(self) -> None:
+        """Release open files; AtomicOutputs deletes the temporaries themselves."""
+        for sink in [*getattr(self, "rasters", []), *getattr(self, "previews", [])]:
+            abort = getattr(sink, "abort", None)
+            try:
+                if abort is not None:
+                    abort()
+            except Exception:  # noqa: BLE001 - the original failure is what the user must see
+                log.debug("ignored a failure while discarding %s", sink, exc_info=True)
+
+    def summaries(self) -> list:
+        """Per question (in question order) the QuestionSummary of a collector covering it."""
+        by_question: dict[int, object] = {}
+        for sink in self.vectors.values():
+            for summary, index in zip(sink.summary(), sink.question_indexes):
+                by_question.setdefault(index, summary)
+        return [by_question[i] for i in range(len(self.questions))]
