@@ -317,6 +317,23 @@ def test_batching_limit_and_outputs(tmp_path):
         assert {"official_intersection", "official_union", "official_iou"} <= set(row)
 
 
+def test_progress_reports_running_official_giou(tmp_path):
+    truth = make_earthreason(tmp_path, seed=7)
+    samples = read_dataset(tmp_path, "earthreason", "val")
+    seen = []
+    evaluate(samples, RedSegmenter(), dataset="earthreason", split="val", limit=4, batch_size=2,
+             progress=lambda done, total, giou: seen.append((done, total, giou)))
+    shapes = {name: (h, w) for name, h, w in SHAPES}
+    ious = []
+    for name in sorted(truth)[:4]:
+        factor = fitted(*shapes[name])[2]
+        _, _, _, per_sample = expected_scores([(onto_canvas(truth[name][0], factor), onto_canvas(truth[name][1], factor))])
+        ious.append(per_sample[0][2])
+    assert [(done, total) for done, total, _ in seen] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    for k, (_, _, giou) in enumerate(seen, start=1):
+        assert giou == pytest.approx(sum(ious[:k]) / k, abs=1e-12)
+
+
 def test_json_document_has_exact_schema(tmp_path):
     make_earthreason(tmp_path, split="test")
     report = evaluate(read_dataset(tmp_path, "earthreason", "test"), RedSegmenter(), dataset="earthreason",

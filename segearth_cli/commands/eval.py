@@ -104,7 +104,7 @@ def load_eval_segmenter(model: str, *, task: str, revision: Optional[str], devic
     from segearth_model.checkpoint import CheckpointError, ModelNotAvailableError
 
     if model == "tiny-random":
-        log.warning("warning: model 'tiny-random' has random weights: its scores mean nothing "
+        log.warning("model 'tiny-random' has random weights: its scores mean nothing "
                     "(use it to try the evaluation, not to judge a model)")
     elif not quiet:
         log.info("loading model %s%s", model, f" at {revision}" if revision else "")
