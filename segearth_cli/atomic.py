@@ -17,11 +17,9 @@ import fcntl
 import os
 import re
 import secrets
-import signal
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Callable, Iterable
-
+from typing import Iterable
 
 from .errors import OutputError, UsageError
 
@@ -36,17 +34,20 @@ class Terminated(KeyboardInterrupt):
     """
 
 
-def install_termination_handler() -> Callable | int | None:
-    """Turn SIGTERM into a ``Terminated`` exception; returns the previous handler.
+class TerminationHandler:
+    """A SIGTERM handler that raises ``Terminated`` and remembers that the signal came.
 
-    Call it from the main thread of the command line only: library code must not change
-    a host program's signal handling.
+    Install it from the main thread of the command line only (library code must not change
+    a host program's signal handling). ``received`` tells a polite kill from Ctrl-C after
+    both have ended in the same KeyboardInterrupt clean-up.
     """
 
-    def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-        raise Terminated(f"terminated by signal {signum}")
+    def __init__(self) -> None:
+        self.received = False
 
-    return signal.signal(signal.SIGTERM, _raise_terminated)
+    def __call__(self, signum: int, frame: FrameType | None) -> None:  # noqa: ARG002 - signal handler signature
+        self.received = True
+        raise Terminated(f"terminated by signal {signum}")
 
 
 def temp_name_for(target: Path, pid: int | None = None) -> Path:

@@ -226,7 +226,7 @@ def _check_output_kind(output: Path, where: str) -> None:
     from .query import OutputTarget
 
     try:
-        OutputTarget.from_path(output)
+        OutputTarget.for_path(output)
     except SegearthError as exc:
         raise UsageError(f"{where}: {exc.message}") from None
 
@@ -707,7 +707,7 @@ class _SceneRun:
         targets = []
         for index, job in enumerate(jobs):
             tags = {RECORD_TAG: json.dumps(self.inputs[job.number], sort_keys=True, ensure_ascii=False)}
-            targets.extend(OutputTarget.from_path(o, question_indexes=(index,), tags=tags) for o in job.outputs)
+            targets.extend(OutputTarget.for_path(o, question_indexes=(index,), tags=tags) for o in job.outputs)
         written: list[Path] = []
         try:
             for job in jobs:

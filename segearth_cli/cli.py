@@ -33,8 +33,8 @@ except ImportError:  # pragma: no cover - depends on the installed Typer
     from click import exceptions as click_exceptions
 
 from . import __version__
-from .atomic import Terminated
-from .commands.batch import batch_command
+from .atomic import TerminationHandler
+from .commands.batch import BATCH_HELP, batch_command
 from .commands.doctor import doctor_command
 from .commands.eval import eval_command
 from .commands.models import models_app
@@ -44,18 +44,17 @@ from .errors import EXIT_FAILURE, EXIT_USAGE, SegearthError
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
-EXAMPLE = """\
-Example:
-
-    segearth query scene.tif "where could flood relief camps be placed?" \\
-        -o camps.gpkg -o camps.tif
-
-writes the answer as polygons (GeoPackage, in the scene's CRS) and as a mask GeoTIFF
-on the scene's grid. To try the pipeline without downloading a model:
-
-    segearth query sample_scenes/harbour_utm.tif "where are the roofs?" \\
-        --model tiny-random -o roofs.gpkg
-"""
+# The prose lines carry no hard breaks: the help formatter wraps them to the terminal, and a
+# break of ours would land in the middle of its lines.
+EXAMPLE = (
+    "Example:\n\n"
+    '    segearth query scene.tif "where could flood relief camps be placed?" \\\n'
+    "        -o camps.gpkg -o camps.tif\n\n"
+    "writes the answer as polygons (GeoPackage, in the scene's CRS) and as a mask GeoTIFF "
+    "on the scene's grid. To try the pipeline without downloading a model:\n\n"
+    '    segearth query sample_scenes/harbour_utm.tif "where are the roofs?" \\\n'
+    "        --model tiny-random -o roofs.gpkg\n"
+)
 
 app = typer.Typer(
     name="segearth",
@@ -87,25 +86,10 @@ app.command(
     help="Answer QUESTION(s) about SCENE and write the answer to every -o output.\n\n" + EXAMPLE,
     no_args_is_help=True,
 )(query_command)
-app.command("batch", no_args_is_help=True)(batch_command)
+app.command("batch", help=BATCH_HELP, no_args_is_help=True)(batch_command)
 app.command("eval", no_args_is_help=True)(eval_command)
 app.add_typer(models_app, name="models")
 app.command("doctor")(doctor_command)
-
-
-class _TerminationHandler:
-    """Turn SIGTERM into ``atomic.Terminated`` and remember that it came.
-
-    Terminated is a KeyboardInterrupt so that every clean-up written for Ctrl-C runs for a
-    polite kill too; Typer maps both to status 130, so the flag tells 143 apart.
-    """
-
-    def __init__(self) -> None:
-        self.received = False
-
-    def __call__(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
-        self.received = True
-        raise Terminated(f"terminated by signal {signum}")
 
 
 class _OneLineWarnings:
@@ -178,7 +162,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     previous_showwarning = warnings.showwarning
     warnings.showwarning = _OneLineWarnings()
     previous_term = None
-    termination = _TerminationHandler()
+    termination = TerminationHandler()
     try:
         previous_term = signal.signal(signal.SIGTERM, termination)
     except ValueError:  # not the main thread (embedded use): leave signals alone

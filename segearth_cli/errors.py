@@ -48,3 +48,14 @@ class OutputError(SegearthError):
     """An output exists without --overwrite, or cannot be written."""
 
     exit_code = EXIT_OUTPUT
+
+
+def first_line(exc: BaseException) -> str:
+    """The one line of a library exception worth putting in a user's error message."""
+    text = str(exc).strip() or type(exc).__name__
+    # rasterio wraps GDAL's reason as the cause and says only "See previous exception";
+    # a user sees no previous exception, so the reason itself is the line to show.
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and "previous exception" in text.lower():
+        return first_line(cause)
+    return text.splitlines()[0]

@@ -108,8 +108,6 @@ class OutputTarget:
         return cls(path, kind, None if question_indexes is None else tuple(question_indexes),
                    None if tags is None else dict(tags))
 
-    from_path = for_path
-
     def questions(self, all_questions: Sequence[str]) -> list[str]:
         if self.question_indexes is None:
             return list(all_questions)

@@ -42,7 +42,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window as RioWindow
 
-from .errors import InputError
+from .errors import InputError, first_line
 from .windows import Window
 
 try:  # GDAL errors surface as these when rasterio does not wrap them
@@ -234,7 +234,7 @@ class SceneReader:
             return "rpcs", vrt
         except _READ_ERRORS as exc:
             kind = "GCPs" if gcps else "RPCs"
-            raise self._fail(f"located only by {kind}, and warping them to a regular grid failed ({_first_line(exc)})")
+            raise self._fail(f"located only by {kind}, and warping them to a regular grid failed ({first_line(exc)})")
 
     def _measure_stretch(self) -> tuple[tuple[float, float], ...]:
         src = self._src
@@ -311,7 +311,7 @@ class SceneReader:
 
     def _read_error(self, rio_window: RioWindow, exc: BaseException) -> InputError:
         where = f"{int(rio_window.width)}x{int(rio_window.height)} px at column {int(rio_window.col_off)}, row {int(rio_window.row_off)}"
-        return self._fail(f"read failed for {where}: {_first_line(exc)}")
+        return self._fail(f"read failed for {where}: {first_line(exc)}")
 
     def _to_rgb(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Stored values (k, h, w) -> uint8 (3, h, w); invalid pixels become 0."""
@@ -445,13 +445,8 @@ def _block_cache_bytes(path: Path) -> int:
     return int(min(high, max(low, need)))
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
-
-
 def _describe_open_error(exc: BaseException) -> str:
-    text = _first_line(exc)
+    text = first_line(exc)
     lowered = text.lower()
     if "not recognized as being in a supported file format" in lowered or "not recognised" in lowered:
         return "not a raster format GDAL can read"

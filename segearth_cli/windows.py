@@ -36,12 +36,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from .errors import UsageError
 
 if TYPE_CHECKING:  # scene.py imports this module; the reverse import would be circular
-    from .scene import Scene, SceneReader
+    from .scene import Scene
 
 #: ``auto`` resizes the whole scene into one input while its long side is at most this many
 #: model inputs (2 x 1024 = 2048 px for the released model).
@@ -270,12 +270,3 @@ def ground_pixel_size(scene: "Scene") -> Optional[float]:
     area = step_x * step_y
     return math.sqrt(area) if area > 0 else None
 
-
-def window_has_valid(reader: "SceneReader", window: Window) -> bool:
-    """Whether any pixel the window reads is valid; windows without one need no model call."""
-    return bool(reader.read_valid(window).any())
-
-
-def windows_with_valid(reader: "SceneReader", windows: Sequence[Window]) -> list[Window]:
-    """The windows that have at least one valid pixel, in order."""
-    return [w for w in windows if window_has_valid(reader, w)]

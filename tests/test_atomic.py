@@ -19,7 +19,7 @@ from segearth_cli.atomic import (
     AtomicOutputs,
     OutputLock,
     Terminated,
-    install_termination_handler,
+    TerminationHandler,
     remove_stale_temps,
     temp_name_for,
 )
@@ -122,7 +122,8 @@ def test_read_only_folder_is_refused(tmp_path):
 
 def test_sigterm_becomes_a_clean_exception(tmp_path):
     target = tmp_path / "mask.tif"
-    previous = install_termination_handler()
+    handler = TerminationHandler()
+    previous = signal.signal(signal.SIGTERM, handler)
     try:
         with pytest.raises(Terminated):
             with AtomicOutputs([target]) as outputs:
@@ -131,6 +132,7 @@ def test_sigterm_becomes_a_clean_exception(tmp_path):
                 time.sleep(5)  # the handler raises before this ends
     finally:
         signal.signal(signal.SIGTERM, previous)
+    assert handler.received
     assert issubclass(Terminated, KeyboardInterrupt)
     assert listing(tmp_path) == set()
 

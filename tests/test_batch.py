@@ -171,7 +171,7 @@ def identity():
 def batch_options(**changes):
     from segearth_cli.query import QueryOptions
 
-    return QueryOptions(mode="whole", **changes)
+    return QueryOptions(**{"mode": "whole", **changes})
 
 
 def make_jobs(tmp_path: Path, scenes: int = 3, kinds=(".tif", ".gpkg")) -> Path:
@@ -323,6 +323,34 @@ def test_model_is_loaded_only_when_a_job_needs_it(tmp_path, segmenter, identity)
     run_batch(jobs, load, batch_options(), model=identity)
     run_batch(jobs, load, batch_options(), model=identity)
     assert len(loads) == 1
+
+
+def test_jobs_of_one_scene_share_one_pass_over_its_windows(tmp_path, segmenter, identity):
+    from segearth_cli.scene import open_scene
+    from segearth_cli.windows import plan_windows
+
+    scene = write_scene(tmp_path / "wide.tif", seed=3, width=300, height=200)
+    rows = [("wide.tif", question, f"out/wide_q{index}{kind}")
+            for index, question in enumerate(QUESTIONS) for kind in (".tif", ".gpkg")]
+    jobs = read_jobs(write_jobs_csv(tmp_path / "jobs.csv", rows))
+    calls = []
+
+    class Counting:
+        name, input_size = segmenter.name, segmenter.input_size
+
+        def segment(self, windows, questions):
+            calls.append((windows.shape[0], list(questions)))
+            return segmenter.segment(windows, questions)
+
+    report = run_batch(jobs, Counting(), batch_options(mode="tiled"), model=identity)
+    assert [r.status for r in report.results] == [STATUS_OK, STATUS_OK]
+    with open_scene(scene) as reader:
+        windows = len(plan_windows(reader.scene, "tiled", segmenter.input_size))
+    assert windows > 1
+    # Every window went through the model once, carrying both questions.
+    assert sum(count for count, _ in calls) == windows
+    assert all(questions == list(QUESTIONS) for _, questions in calls)
+    assert_valid_outputs([o for job in jobs for o in job.outputs])
 
 
 # --------------------------------------------------------------------------- whole runs, as cron runs them

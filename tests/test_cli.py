@@ -143,7 +143,7 @@ def test_missing_scene_exits_3_with_one_line(capsys, tmp_path):
     assert out == ""
 
 
-def test_unwritable_folder_exits_5(capsys, scene, tmp_path):
+def test_missing_output_folder_exits_5(capsys, scene, tmp_path):
     code, _, err = invoke(capsys, "query", scene, "q", "-o", tmp_path / "missing" / "a.tif", "--model", "tiny-random")
     assert code == 5
     assert_one_error_line(err, "does not exist")

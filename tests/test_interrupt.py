@@ -43,7 +43,10 @@ def start_query(scene: Path, out: Path, *extra: str) -> subprocess.Popen:
     args = [*COMMAND, "query", str(scene), "what is here?", "--model", "tiny-random", *extra]
     for name in TARGETS:
         args += ["-o", str(out / name)]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell that starts the tests in the background ignores SIGINT, and the child would
+    # inherit that; the default disposition makes Python turn SIGINT into KeyboardInterrupt.
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def temporaries(folder: Path) -> list[Path]:

@@ -10,7 +10,7 @@ import pytest
 from affine import Affine
 from rasterio.crs import CRS
 
-from segearth_cli.outputs.preview import PALETTE, PreviewSink, preview_size
+from segearth_cli.outputs.preview import HATCH, LEGEND_BACKGROUND, PALETTE, PreviewSink, preview_size
 from segearth_cli.scene import Scene, open_scene
 from segearth_cli.stitch import RowBlock
 
@@ -51,8 +51,9 @@ def test_answer_and_invalid_pixels_are_drawn_at_reduced_size(tmp_path):
     assert sink._answer.shape == (2, 200, 300)  # memory is the quicklook's size
     sink.close()
 
-    image = read_png(path).astype(int)
-    assert image.shape == (200, 300, 3)
+    full = read_png(path).astype(int)
+    assert full.shape[1] == 300 and full.shape[0] > 200  # the map, then the legend below it
+    image, legend = full[:200], full[200:]
     background = image[5, 5]
     assert (background == 120).all()
     inside_a = image[80, 120]  # centre of the first rectangle (scene 800, 1200)
@@ -67,6 +68,11 @@ def test_answer_and_invalid_pixels_are_drawn_at_reduced_size(tmp_path):
     strip = image[100:110, 296:300].reshape(-1, 3)
     assert (strip[:, 0] == strip[:, 1]).all() and (strip[:, 1] == strip[:, 2]).all()
     assert not (strip == background).all(axis=1).any()
+    # The legend shows each question's colour and the no-data hatch, top to bottom, on its own background.
+    assert (legend[0, 0] == LEGEND_BACKGROUND).all()
+    first_row = [np.flatnonzero((legend == colour).all(axis=2).any(axis=1)) for colour in (*PALETTE[:2], HATCH)]
+    assert all(len(rows) for rows in first_row)
+    assert first_row[0][0] < first_row[1][0] < first_row[2][0]
 
 
 def test_preview_from_a_scene_reader(tmp_path, write_geotiff):
@@ -86,7 +92,7 @@ def test_preview_from_a_scene_reader(tmp_path, write_geotiff):
         for row in range(0, height, 64):
             sink.write(RowBlock(row, probability[:, row : row + 64], valid[row : row + 64]))
         sink.close()
-    image = read_png(path).astype(int)
+    image = read_png(path).astype(int)[:100]
     assert image.shape == (100, 150, 3)
     assert image[50, 100, 0] != image[50, 60, 0] or image[50, 100, 1] != image[50, 60, 1]  # answer vs scene
     left = image[40:60, 2:20].reshape(-1, 3)
@@ -104,7 +110,31 @@ def test_preview_from_a_scene_reopens_the_file(tmp_path, write_geotiff):
     sink.write(RowBlock(0, np.zeros((1, 64, 80), dtype=np.float32), np.ones((64, 80), dtype=bool)))
     sink.close()
     image = read_png(path)
-    assert image.shape == (32, 40, 3) and (image == 90).all()
+    assert image.shape[1] == 40
+    assert (image[:32] == 90).all()
+    # Nothing invalid: the legend has the question's row only, no no-data row.
+    legend = image[32:]
+    assert (legend == PALETTE[0]).all(axis=2).any() and not (legend == HATCH).all(axis=2).any()
+
+
+def test_legend_names_questions_in_readable_text(tmp_path):
+    """Each question is written beside its swatch; a long one is cut to fit, not wrapped off the image."""
+    width, height = 3000, 2000
+    long_question = "where could flood relief camps be placed, " * 6
+    path = tmp_path / "quicklook.png"
+    sink = PreviewSink(path, flat_overview(), ["short?", long_question], max_side=300, scene=make_scene(width, height))
+    sink.write(RowBlock(0, np.zeros((2, height, width), np.float32), np.ones((height, width), dtype=bool)))
+    sink.close()
+    legend = read_png(path)[200:].astype(int)
+    text = (legend > 200).all(axis=2)  # light text on the dark background; no palette colour is that light
+    rows = np.flatnonzero(text.any(axis=1))
+    assert len(rows) and rows.max() < legend.shape[0]
+    halves = legend.shape[0] // 2
+    assert text[:halves].any() and text[halves:].any()  # a line of text per question
+    # The long question reaches the right margin but leaves it, and the short one ends well before.
+    columns = lambda part: np.flatnonzero(part.any(axis=0))
+    assert columns(text[halves:]).max() < 300 - 1
+    assert columns(text[:halves]).max() < columns(text[halves:]).max()
 
 
 @pytest.mark.parametrize("size", [(1, 1), (7, 3000), (2049, 5)])

@@ -381,6 +381,8 @@ def test_corrupt_scene_fails_on_read_naming_the_file(real_scenes_dir):
         with pytest.raises(InputError, match="rasterio__corrupt.tif: read failed") as caught:
             reader.read(plan[0])
         assert "\n" not in str(caught.value)
+        # GDAL's reason, not rasterio's pointer to an exception the user never sees.
+        assert "previous exception" not in str(caught.value) and "TIFFRead" in str(caught.value)
 
 
 def test_bands_of_different_types_are_read_together(tmp_path):

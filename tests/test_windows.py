@@ -12,14 +12,11 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from segearth_cli.errors import UsageError
-from segearth_cli.scene import open_scene
 from segearth_cli.windows import (
     AUTO_WHOLE_MAX_FACTOR,
     DEFAULT_OVERLAP,
     ground_pixel_size,
     plan_windows,
-    window_has_valid,
-    windows_with_valid,
 )
 
 
@@ -140,14 +137,3 @@ def test_impossible_requests_are_usage_errors(kwargs, needle):
 def test_gsd_without_a_crs_is_refused():
     with pytest.raises(UsageError, match="coordinate reference system"):
         plan_windows(fake_scene(4000, 4000, crs=None), mode="tiled", input_size=1024, gsd=1.0)
-
-
-def test_windows_without_valid_pixels_are_found_without_the_model(write_geotiff):
-    data = np.full((3, 64, 300), 50, dtype=np.uint8)
-    data[:, :, 100:] = 0  # right two thirds are nodata
-    path = write_geotiff("half.tif", data, nodata=0, crs="EPSG:32633", transform=Affine(1, 0, 500, 0, -1, 900))
-    with open_scene(path) as reader:
-        plan = plan_windows(reader.scene, mode="tiled", input_size=64, overlap=0.0)
-        keep = windows_with_valid(reader, plan.windows)
-        assert [w.col_off for w in keep] == [0, 64]
-        assert not window_has_valid(reader, plan.windows[-1])

@@ -19,6 +19,23 @@ from . import options as opt
 
 log = logging.getLogger("segearth_cli.batch")
 
+# Prose lines carry no hard breaks: the help formatter wraps them to the terminal, and a
+# break of ours would land in the middle of its lines.
+BATCH_HELP = (
+    "Run every job of JOBS with one model load; finished jobs are skipped on reruns.\n\n"
+    "JOBS lists scene,question,output rows; relative paths are relative to JOBS, rows with the same scene "
+    "share one pass over its windows, and the options apply to every job:\n\n"
+    "    scene,question,output\n"
+    "    scenes/a.tif,where are the buildings?,out/a_buildings.gpkg\n"
+    "    scenes/a.tif,where are the buildings?,out/a_buildings.tif\n"
+    "    scenes/a.tif,where is the water?,out/a_water.gpkg\n\n"
+    "    segearth batch jobs.csv --report report.jsonl\n\n"
+    "Exit status: 0 when every job succeeded or was skipped, otherwise the exit status of the first failed "
+    "job in file order (3 unreadable scene, 4 model unavailable, 5 output not writable, 1 anything else); "
+    "2 for a malformed job file.\n"
+)
+
+
 class _ReportWriter:
     """Writes one JSON line per job, flushed at once, to stdout (--json) and/or a file (--report)."""
 
@@ -80,44 +97,12 @@ def batch_command(
     quiet: opt.Quiet = False,
     debug: opt.Debug = False,  # noqa: ARG001 - read by cli.main before parsing, listed here for --help
 ) -> None:
-    """Run every job of JOBS with one model load; finished jobs are skipped on reruns.
-
-    JOBS lists scene,question,output rows; relative paths are relative to JOBS, rows with
-    the same scene share one pass over its windows, and the options apply to every job:
-
-    \b
-        scene,question,output
-        scenes/a.tif,where are the buildings?,out/a_buildings.gpkg
-        scenes/a.tif,where are the buildings?,out/a_buildings.tif
-        scenes/a.tif,where is the water?,out/a_water.gpkg
-
-    \b
-        segearth batch jobs.csv --report report.jsonl
-
-    Exit status: 0 when every job succeeded or was skipped, otherwise the exit status of
-    the first failed job in file order (3 unreadable scene, 4 model unavailable, 5 output
-    not writable, 1 anything else); 2 for a malformed job file.
-    """
+    """Run every job of JOBS with one model load; the text users see is BATCH_HELP."""
     from ..batch import STATUS_FAILED, model_identity, read_jobs, run_batch
-    from ..query import QueryOptions
     from .query import load_segmenter, resolve_task
 
+    options = opt.query_options(locals())
     job_list = read_jobs(jobs)
-    options = QueryOptions(
-        mode=mode.lower(),
-        window=window,
-        gsd=gsd,
-        overlap=overlap,
-        bands=opt.parse_bands(bands),
-        threshold=threshold,
-        min_area=min_area,
-        simplify=simplify,
-        probabilities=probabilities,
-        cog=cog,
-        overwrite=overwrite,
-        batch_size=batch_size,
-        pixel_coordinates=pixel_coordinates,
-    )
     options.check()
     task = resolve_task(task, model)
 

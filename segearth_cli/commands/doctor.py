@@ -212,7 +212,7 @@ def smoke_test() -> dict[str, Any]:
                                        task="reasoning", quiet=True)
             result["device"] = str(getattr(getattr(segmenter, "predictor", None), "device", "unknown"))
             # Two overlapping windows: the smallest run that still exercises the blend.
-            report = run_query(scene, [SMOKE_QUESTION], [OutputTarget.from_path(p) for p in outputs], segmenter,
+            report = run_query(scene, [SMOKE_QUESTION], [OutputTarget.for_path(p) for p in outputs], segmenter,
                                QueryOptions(mode="tiled", window=192))
             result["windows_run"] = report.windows_run
             missing = [p.name for p in outputs if not p.is_file()]

@@ -13,7 +13,6 @@ from typing import Annotated, Optional
 import typer
 
 from . import options as opt
-from ..errors import ModelUnavailableError
 
 log = logging.getLogger("segearth_cli.eval")
 
@@ -100,32 +99,12 @@ def load_eval_segmenter(model: str, *, task: str, revision: Optional[str], devic
 
     A model that cannot be found, downloaded or read ends the command with exit status 4.
     """
-    import segearth_model
-    from segearth_model.checkpoint import CheckpointError, ModelNotAvailableError
+    from .query import load_segmenter
 
-    if model == "tiny-random":
-        log.warning("model 'tiny-random' has random weights: its scores mean nothing "
-                    "(use it to try the evaluation, not to judge a model)")
-    elif not quiet:
-        log.info("loading model %s%s", model, f" at {revision}" if revision else "")
-    try:
-        # The official evaluation runs in float32 on weights that went bf16 -> fp16 -> fp32;
-        # reproducing its numbers to the last digit needs that rounding too.
-        network, tokenizer = segearth_model.load_pretrained(
-            model, revision=revision, device=device, dtype=dtype, official_numerics=dtype.lower() == "float32"
-        )
-    except ModelNotAvailableError as exc:
-        raise ModelUnavailableError(
-            f"{exc}. To get it: run once with network access so it is cached, or pass --model DIR"
-        ) from exc
-    except CheckpointError as exc:
-        raise ModelUnavailableError(str(exc)) from exc
-
-    from segearth_model.predictor import MaskPredictor
-
-    from ..segmenter import ModelSegmenter
-
-    return ModelSegmenter(MaskPredictor(network, tokenizer, task=task, name=model))
+    # The official evaluation runs in float32 on weights that went bf16 -> fp16 -> fp32;
+    # reproducing its numbers to the last digit needs that rounding too.
+    return load_segmenter(model, revision=revision, device=device, dtype=dtype, task=task, quiet=quiet,
+                          official_numerics=dtype.lower() == "float32")
 
 
 class _GiouProgress:

@@ -6,10 +6,14 @@ spelling, help text and validation of an option are the same wherever it appears
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Mapping, Optional
 
 import typer
+
+if TYPE_CHECKING:  # the pipeline is imported only when a command runs, to keep --help fast
+    from ..query import QueryOptions
 
 DEFAULT_MODEL = "earth-insights/SegEarth-R1-EarthReason"
 
@@ -51,6 +55,20 @@ def parse_bands(value: Optional[str]) -> Optional[tuple[int, ...]]:
     if value is None:
         return None
     return tuple(int(p) for p in value.split(","))
+
+
+def query_options(parameters: Mapping[str, Any]) -> "QueryOptions":
+    """The QueryOptions of a command whose parameters carry the field names (pass ``locals()``).
+
+    ``query`` and ``batch`` declare the same options; building QueryOptions from the names
+    keeps one conversion (mode case, band list) for both, so the two cannot drift apart.
+    """
+    from ..query import QueryOptions
+
+    values = {f.name: parameters[f.name] for f in dataclasses.fields(QueryOptions) if f.name in parameters}
+    values["mode"] = values["mode"].lower()
+    values["bands"] = parse_bands(values["bands"])
+    return QueryOptions(**values)
 
 
 Model = Annotated[

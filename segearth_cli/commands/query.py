@@ -52,33 +52,19 @@ def query_command(
     quiet: opt.Quiet = False,
     debug: opt.Debug = False,  # noqa: ARG001 - read by cli.main before parsing, listed here for --help
 ) -> None:
-    from ..query import OutputTarget, QueryOptions, run_query, validate_query
+    from ..query import OutputTarget, run_query, validate_query
 
+    options = opt.query_options(locals())
     started = time.perf_counter()
     questions = [question, *(more_questions or [])]
     targets = [OutputTarget.for_path(path) for path in output]
-    options = QueryOptions(
-        mode=mode.lower(),
-        window=window,
-        gsd=gsd,
-        overlap=overlap,
-        bands=opt.parse_bands(bands),
-        threshold=threshold,
-        min_area=min_area,
-        simplify=simplify,
-        probabilities=probabilities,
-        cog=cog,
-        overwrite=overwrite,
-        batch_size=batch_size,
-        pixel_coordinates=pixel_coordinates,
-    )
     validate_query(scene, questions, targets, options)
 
     load_started = time.perf_counter()
     segmenter = load_segmenter(model, revision=revision, device=device, dtype=dtype, task=task, quiet=quiet)
     load_seconds = time.perf_counter() - load_started
 
-    with progress_reporter(enabled=not quiet and sys.stderr.isatty()) as progress:
+    with WindowProgress(enabled=not quiet and sys.stderr.isatty()) as progress:
         report = run_query(scene, questions, targets, segmenter, options, progress=progress)
     report.timings = {"load_model": round(load_seconds, 3), **report.timings,
                       "command": round(time.perf_counter() - started, 3)}
@@ -101,8 +87,13 @@ def resolve_task(task: str, model: str) -> str:
     return "referring" if ("rrsis" in lowered or "refsegrs" in lowered) else "reasoning"
 
 
-def load_segmenter(model: str, *, revision: Optional[str], device: str, dtype: str, task: str, quiet: bool):
-    """Load the model behind the Segmenter interface; unavailable models exit 4 with a way out."""
+def load_segmenter(model: str, *, revision: Optional[str], device: str, dtype: str, task: str, quiet: bool,
+                   official_numerics: bool = False):
+    """Load the model behind the Segmenter interface; unavailable models exit 4 with a way out.
+
+    ``official_numerics`` reproduces the weight rounding of the paper's evaluation (see
+    ``segearth_model.load_pretrained``); ``segearth eval`` asks for it in float32.
+    """
     task = resolve_task(task, model)
     import segearth_model
     from segearth_model.checkpoint import CheckpointError, ModelNotAvailableError, resolve_device, resolve_dtype
@@ -121,14 +112,15 @@ def load_segmenter(model: str, *, revision: Optional[str], device: str, dtype: s
     elif not quiet:
         log.info("loading model %s%s", model, f" at {revision}" if revision else "")
     try:
-        network, tokenizer = segearth_model.load_pretrained(model, revision=revision, device=device, dtype=dtype)
+        network, tokenizer = segearth_model.load_pretrained(model, revision=revision, device=device, dtype=dtype,
+                                                            official_numerics=official_numerics)
     except (ModelNotAvailableError, CheckpointError) as exc:
         # The model package's messages already name the repo or file and how to get it.
         raise ModelUnavailableError(str(exc)) from exc
     return ModelSegmenter(MaskPredictor(network, tokenizer, task=task, name=model))
 
 
-class progress_reporter:
+class WindowProgress:
     """A rich progress bar on stderr when it is a terminal; otherwise a no-op callback."""
 
     def __init__(self, enabled: bool):

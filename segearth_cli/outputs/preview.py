@@ -7,12 +7,15 @@ quicklook's size, never the scene's. A quicklook pixel is drawn as answer when a
 half of its valid scene pixels answer, and also when any does (as a thinner tint), so small
 objects stay visible at low resolution. Each question gets its own colour: a
 semi-transparent fill and an opaque outline. Pixels with no valid input are shown as a
-grey hatch so that "no data" is never mistaken for "no answer".
+grey hatch so that "no data" is never mistaken for "no answer". A legend strip below the
+picture names the question behind each colour (and the hatch, when there is one), because
+a quicklook is looked at away from the command that made it.
 """
 
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -34,6 +37,9 @@ PALETTE = (
 FILL_ALPHA = 0.45
 TINT_ALPHA = 0.25
 HATCH = (96, 96, 96)
+LEGEND_BACKGROUND = (32, 32, 32)
+LEGEND_TEXT = (240, 240, 240)
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 def preview_size(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -131,15 +137,22 @@ class PreviewSink:
         self.closed = True
 
     def render(self) -> np.ndarray:
-        """The quicklook as an RGB uint8 array (height, width, 3)."""
+        """The quicklook as an RGB uint8 array: the map (``out_height`` rows), then the legend."""
+        picture, has_invalid = self._render_map()
+        entries = [(PALETTE[plane % len(PALETTE)], self.questions[index])
+                   for plane, index in enumerate(self.question_indexes)]
+        if has_invalid:
+            entries.append((None, "no data"))
+        return np.concatenate([picture, _legend(entries, self.out_width)], axis=0)
 
+    def _render_map(self) -> tuple[np.ndarray, bool]:
+        """The decimated scene with the answers drawn over it, and whether any pixel shows no data."""
         image = np.transpose(self._rgb, (1, 2, 0)).astype(np.float32)
         with np.errstate(invalid="ignore", divide="ignore"):
             valid_fraction = np.where(self._total > 0, self._valid / np.maximum(self._total, 1), 0.0)
         invalid = (valid_fraction < 0.5) | ~self._scene_valid
         if invalid.any():
-            yy, xx = np.mgrid[0 : self.out_height, 0 : self.out_width]
-            hatch = ((xx + yy) // 4) % 2 == 0
+            hatch = _hatch(self.out_height, self.out_width)
             grey = np.array(HATCH, dtype=np.float32)
             image[invalid] = 0.25 * image[invalid] + 0.75 * grey
             image[invalid & hatch] = 0.5 * grey
@@ -156,7 +169,60 @@ class PreviewSink:
                 eroded = cv2.erode(outline_source, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
                 outline = (outline_source > 0) & (eroded == 0)
                 image[outline] = colour
-        return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+        return np.clip(np.rint(image), 0, 255).astype(np.uint8), bool(invalid.any())
+
+
+def _legend(entries: Sequence[tuple[Optional[tuple[int, int, int]], str]], width: int) -> np.ndarray:
+    """One row per entry: a swatch (a colour, or the no-data hatch for None) and its text.
+
+    The row height follows the quicklook's width so the text stays readable at any size;
+    text that does not fit is cut with "...".
+    """
+    row = int(np.clip(round(width / 40), 16, 36))
+    pad = max(2, row // 6)
+    thickness = 1 if row < 24 else 2
+    scale = cv2.getFontScaleFromHeight(_FONT, max(6, row - 3 * pad), thickness)
+    strip = np.empty((row * len(entries) + pad, width, 3), dtype=np.uint8)
+    strip[:] = LEGEND_BACKGROUND
+    swatch = row - 2 * pad
+    text_left = pad + swatch + 2 * pad
+    for number, (colour, text) in enumerate(entries):
+        top = number * row + pad
+        cell = strip[top : top + swatch, pad : pad + swatch]
+        if colour is None:
+            cell[:] = HATCH
+            cell[_hatch(*cell.shape[:2])] = np.array(HATCH) // 2
+        else:
+            cell[:] = colour
+        label = _fit_text(_printable(text), width - text_left - pad, scale, thickness)
+        if label:
+            cv2.putText(strip, label, (text_left, top + swatch - pad // 2), _FONT, scale, LEGEND_TEXT, thickness,
+                        cv2.LINE_AA)
+    return strip
+
+
+def _hatch(height: int, width: int) -> np.ndarray:
+    """Diagonal stripes 4 px wide: where the no-data pattern is dark, on the map and in the legend."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    return ((xx + yy) // 4) % 2 == 0
+
+
+def _printable(text: str) -> str:
+    """The text in the ASCII the built-in font can draw: accents dropped, other letters as '?'."""
+    decomposed = unicodedata.normalize("NFKD", " ".join(text.split()))
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return "".join(c if " " <= c <= "~" else "?" for c in plain)
+
+
+def _fit_text(text: str, room: int, scale: float, thickness: int) -> str:
+    def fits(candidate: str) -> bool:
+        return cv2.getTextSize(candidate, _FONT, scale, thickness)[0][0] <= room
+
+    if fits(text):
+        return text
+    while text and not fits(text + "..."):
+        text = text[:-1]
+    return text + "..." if text else ""
 
 
 def _fit(array: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -43,7 +43,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 
 from .. import __version__
-from ..errors import OutputError
+from ..errors import OutputError, first_line
 
 NODATA = 255
 PROBABILITY_SCALE = 254
@@ -172,7 +172,7 @@ class MaskRasterSink:
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 return rasterio.open(path, "w", **profile)
         except rasterio.errors.RasterioError as error:
-            raise OutputError(f"{path}: cannot be written ({_first_line(error)})") from None
+            raise OutputError(f"{path}: cannot be written ({first_line(error)})") from None
 
     def _describe(self, dst, probability_offset: Optional[int]) -> None:
         dst.update_tags(**self.dataset_tags)
@@ -228,7 +228,7 @@ class MaskRasterSink:
                 bands = masks if self.cog else [count + band for band in masks]
                 self._probability_dst.write(self._probability_buffer[:, :fill], indexes=bands, window=window)
         except rasterio.errors.RasterioError as error:  # disk full, file system gone
-            raise OutputError(f"{self.path}: cannot be written ({_first_line(error)})") from None
+            raise OutputError(f"{self.path}: cannot be written ({first_line(error)})") from None
         self._buffer_row += fill
         self._buffer_fill = 0
 
@@ -244,7 +244,7 @@ class MaskRasterSink:
                 self._write_cog()
         except rasterio.errors.RasterioError as error:
             self._discard()
-            raise OutputError(f"{self.path}: cannot be written ({_first_line(error)})") from None
+            raise OutputError(f"{self.path}: cannot be written ({first_line(error)})") from None
         except BaseException:
             self._discard()
             raise
@@ -340,11 +340,6 @@ class MaskRasterSink:
                 lines.append("  </VRTRasterBand>")
         lines.append("</VRTDataset>")
         return "\n".join(lines) + "\n"
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
 
 
 def _metadata_xml(tags: Mapping[str, str], indent: str) -> str:

@@ -51,7 +51,7 @@ import shapely
 from affine import Affine
 from shapely.geometry import Polygon, box
 
-from ..errors import UsageError
+from ..errors import OutputError, UsageError, first_line
 from .raster import answer_mask
 
 LAYER_NAME = "answers"
@@ -605,8 +605,6 @@ def _crs_for_output(crs):
 def _write(frame, path, driver: str, geometry_type: str, layer_options: Optional[dict] = None) -> None:
     import pyogrio
 
-    from ..errors import OutputError
-
     try:
         with warnings.catch_warnings():
             # A layer without CRS is deliberate here (pixel coordinates); pyogrio warns about it.
@@ -621,7 +619,7 @@ def _write(frame, path, driver: str, geometry_type: str, layer_options: Optional
                 layer_options=layer_options,
             )
     except Exception as error:  # pyogrio/GDAL errors carry no common base class
-        raise OutputError(f"{path}: cannot be written ({str(error).splitlines()[0] if str(error) else error})") from None
+        raise OutputError(f"{path}: cannot be written ({first_line(error)})") from None
 
 
 # -- RFC 7946 ----------------------------------------------------------------------------------
