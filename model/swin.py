@@ -72,7 +72,10 @@ def make_window_plan(
     height: int, width: int, window: int, shift: int, device: torch.device, windows_per_chunk: int | None = None
 ) -> WindowPlan:
     """The plan for one grid; plans are pure functions of their arguments and are kept."""
-    return _cached_window_plan(height, width, window, shift, str(torch.device(device)), windows_per_chunk)
+    # A plan first built under inference_mode would hold inference tensors, which a later
+    # gradient-tracking call cannot save for backward; build every plan as normal tensors.
+    with torch.inference_mode(False):
+        return _cached_window_plan(height, width, window, shift, str(torch.device(device)), windows_per_chunk)
 
 
 @functools.lru_cache(maxsize=64)
