@@ -13,6 +13,7 @@ from .config import SegEarthR1Config
 
 _LAZY = {
     "load_pretrained": "checkpoint",
+    "ModelLoadError": "checkpoint",
     "CheckpointError": "checkpoint",
     "ModelNotAvailableError": "checkpoint",
     "convert_checkpoint_state_dict": "checkpoint",
@@ -28,6 +29,7 @@ __all__ = ["SegEarthR1Config", *_LAZY]
 if TYPE_CHECKING:
     from .checkpoint import (
         CheckpointError,
+        ModelLoadError,
         ModelNotAvailableError,
         convert_checkpoint_state_dict,
         load_pretrained,

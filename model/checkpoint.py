@@ -40,8 +40,8 @@ UNUSED_AT_INFERENCE = re.compile(
 )
 
 
-class CheckpointError(Exception):
-    """A checkpoint file is missing, corrupt or does not fit the architecture."""
+class ModelLoadError(Exception):
+    """Loading failed for a reason one line can tell the user."""
 
     # Same meaning as the command line's "model unavailable" exit status.
     exit_code = 4
@@ -54,17 +54,12 @@ class CheckpointError(Exception):
         return self.message
 
 
-class ModelNotAvailableError(Exception):
+class CheckpointError(ModelLoadError):
+    """A checkpoint file is missing, corrupt or does not fit the architecture."""
+
+
+class ModelNotAvailableError(ModelLoadError):
     """The model is neither on disk nor downloadable right now."""
-
-    exit_code = 4
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 def _shape(tensor: torch.Tensor) -> list[int]:

@@ -398,13 +398,13 @@ def model_identity(
         identity["id"] = str(folder)
         identity["revision"] = "files:" + digest.hexdigest()[:16]
     else:
-        from segearth_model.checkpoint import CheckpointError, ModelNotAvailableError, resolve_checkpoint_dir
+        from segearth_model.checkpoint import ModelLoadError, resolve_checkpoint_dir
 
         from .errors import ModelUnavailableError
 
         try:
             snapshot = resolve_checkpoint_dir(model, revision)
-        except (CheckpointError, ModelNotAvailableError) as exc:
+        except ModelLoadError as exc:
             raise ModelUnavailableError(str(exc)) from exc
         identity["revision"] = snapshot.name  # hub snapshot folders are named by commit hash
     if dtype is not None:

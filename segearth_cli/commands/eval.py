@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import options as opt
+from .progress import StderrProgress
 
 log = logging.getLogger("segearth_cli.eval")
 
@@ -81,7 +82,7 @@ def eval_command(
                                     device=device, dtype=dtype, quiet=quiet)
 
     total = min(len(samples), limit) if limit is not None else len(samples)
-    with _GiouProgress(enabled=not quiet and sys.stderr.isatty(), total=total) as progress:
+    with StderrProgress("samples", quiet=quiet, total=total, value_label="gIoU") as progress:
         report = ev.evaluate(samples, segmenter, dataset=dataset_name, split=split_name, limit=limit,
                              batch_size=batch_size, save_predictions=save_predictions, progress=progress)
     if per_sample is not None:
@@ -105,37 +106,6 @@ def load_eval_segmenter(model: str, *, task: str, revision: Optional[str], devic
     # reproducing its numbers to the last digit needs that rounding too.
     return load_segmenter(model, revision=revision, device=device, dtype=dtype, task=task, quiet=quiet,
                           official_numerics=dtype.lower() == "float32")
-
-
-class _GiouProgress:
-    """A rich progress bar with the running official gIoU on stderr, or a no-op."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.enabled = enabled
-        self.total = total
-        self._progress = None
-        self._task = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self._progress = Progress(
-            TextColumn("samples"), BarColumn(), MofNCompleteColumn(), TextColumn("gIoU {task.fields[giou]}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True,
-        )
-        self._progress.start()
-        self._task = self._progress.add_task("samples", total=self.total, giou="-")
-        return self._update
-
-    def _update(self, done: int, total: int, giou: float) -> None:
-        self._progress.update(self._task, completed=done, total=total, giou=f"{100 * giou:.2f}")
-
-    def __exit__(self, *exc_info) -> None:
-        if self._progress is not None:
-            self._progress.stop()
 
 
 def _percent(value: float) -> str:

@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import options as opt
+from .progress import StderrProgress
 from ..errors import ModelUnavailableError, UsageError
 
 log = logging.getLogger("segearth_cli.query")
@@ -64,7 +65,7 @@ def query_command(
     segmenter = load_segmenter(model, revision=revision, device=device, dtype=dtype, task=task, quiet=quiet)
     load_seconds = time.perf_counter() - load_started
 
-    with WindowProgress(enabled=not quiet and sys.stderr.isatty()) as progress:
+    with StderrProgress("windows", quiet=quiet) as progress:
         report = run_query(scene, questions, targets, segmenter, options, progress=progress)
     report.timings = {"load_model": round(load_seconds, 3), **report.timings,
                       "command": round(time.perf_counter() - started, 3)}
@@ -96,7 +97,7 @@ def load_segmenter(model: str, *, revision: Optional[str], device: str, dtype: s
     """
     task = resolve_task(task, model)
     import segearth_model
-    from segearth_model.checkpoint import CheckpointError, ModelNotAvailableError, resolve_device, resolve_dtype
+    from segearth_model.checkpoint import ModelLoadError, resolve_device, resolve_dtype
     from segearth_model.predictor import MaskPredictor
 
     from ..segmenter import ModelSegmenter
@@ -114,40 +115,10 @@ def load_segmenter(model: str, *, revision: Optional[str], device: str, dtype: s
     try:
         network, tokenizer = segearth_model.load_pretrained(model, revision=revision, device=device, dtype=dtype,
                                                             official_numerics=official_numerics)
-    except (ModelNotAvailableError, CheckpointError) as exc:
+    except ModelLoadError as exc:
         # The model package's messages already name the repo or file and how to get it.
         raise ModelUnavailableError(str(exc)) from exc
     return ModelSegmenter(MaskPredictor(network, tokenizer, task=task, name=model))
-
-
-class WindowProgress:
-    """A rich progress bar on stderr when it is a terminal; otherwise a no-op callback."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self._progress = None
-        self._task = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self._progress = Progress(
-            TextColumn("windows"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=True,
-        )
-        self._progress.start()
-        self._task = self._progress.add_task("windows", total=None)
-        return self._update
-
-    def _update(self, done: int, total: int) -> None:
-        self._progress.update(self._task, completed=done, total=total)
-
-    def __exit__(self, *exc_info) -> None:
-        if self._progress is not None:
-            self._progress.stop()
 
 
 def _print_summary(report) -> None:
