@@ -59,7 +59,6 @@ def write_release(directory: Path, tokenizer_dir: Path, seed: int) -> None:
         build_empty_model,
         checkpoint_config_json,
         release_layout_shapes,
-        to_release_state_dict,
         write_generation_config,
         write_safetensors,
     )
@@ -69,7 +68,7 @@ def write_release(directory: Path, tokenizer_dir: Path, seed: int) -> None:
     config = SegEarthR1Config()
     model = build_empty_model(config)  # shapes and module types only; no weight memory
     owners = parameter_owners(model)
-    integer_buffers = to_release_state_dict({k: v for k, v in model.state_dict().items() if not v.is_floating_point()}, config)
+    integer_buffers = {k: v for k, v in model.state_dict().items() if not v.is_floating_point()}
     shapes = release_layout_shapes(model, config)
     if MANIFEST.is_file():
         manifest = json.loads(MANIFEST.read_text())

@@ -118,8 +118,8 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats(device)
         model = build(config, device, dtype)
         predictor = MaskPredictor(model, tokenizer)
-        peak_key = "tf32" if dtype == torch.float32 and args.tf32 else dtype_name.replace("float", "fp").replace("bfp16", "bf16")
-        peak = H100_PEAK.get(peak_key) if is_h100 else None
+        peak_key = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "tf32" if args.tf32 else "fp32"}[dtype]
+        peak = H100_PEAK[peak_key] if is_h100 else None
         image = torch.randint(0, 256, (1, 3, size, size), generator=generator, device=device, dtype=torch.uint8)
         flops = flop_per_window(predictor, image)
         print(f"\n[{dtype_name}] counted {flops / 1e12:.3f} TFLOP per window with one question "

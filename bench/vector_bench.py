@@ -3,7 +3,7 @@
 Prints the seconds spent in VectorSink (polygonize, dissolve across blocks, areas) and in
 writing the GeoPackage, the polygon count and the process's peak RSS. The mask is a grid
 of random ellipses, some with holes and some straddling block borders, generated block
-by block (1024 rows, as the stitcher delivers them) so the full mask never exists.
+by block (``--rows`` rows at a time) so the full mask never exists.
 
     python3 bench/vector_bench.py [--size 20000] [--cells 100] [--rows 1024]
 """

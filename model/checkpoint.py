@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .config import SegEarthR1Config
+from .prompt import PromptError, special_token_ids
 from .tiny_random import TINY_RANDOM
 
 FUSED_QKV = re.compile(r"^(model\.layers\.\d+\.self_attn\.)query_key_value\.(weight|bias)$")
@@ -64,6 +65,10 @@ class ModelNotAvailableError(ModelLoadError):
 
 def _shape(tensor: torch.Tensor) -> list[int]:
     return list(tensor.shape)
+
+
+def _nbytes(shape: list[int], dtype: torch.dtype) -> int:
+    return math.prod(shape) * dtype.itemsize
 
 
 def convert_checkpoint_state_dict(
@@ -234,22 +239,12 @@ def build_empty_model(config: SegEarthR1Config) -> nn.Module:
 
 
 def release_layout_shapes(model: nn.Module, config: SegEarthR1Config) -> dict[str, tuple[list[int], torch.dtype]]:
-    """Every key a released checkpoint of this architecture holds, with its shape and module dtype."""
-    shapes: dict[str, tuple[list[int], torch.dtype]] = {}
-    lang = config.language
-    fused = 3 * lang.hidden_size
-    for key, tensor in model.state_dict().items():
-        match = SPLIT_QKV.match(key)
-        if match is None:
-            shapes[key] = (_shape(tensor), tensor.dtype)
-            continue
-        prefix, name, kind = match.groups()
-        if name == "q_proj":
-            shapes[f"{prefix}query_key_value.{kind}"] = (
-                [fused, lang.hidden_size] if kind == "weight" else [fused],
-                tensor.dtype,
-            )
-    return shapes
+    """Every key a released checkpoint of this architecture holds, with its shape and module dtype.
+
+    ``model`` comes from :func:`build_empty_model`, so fusing its meta QKV parameters costs nothing.
+    """
+    release = to_release_state_dict(model.state_dict(), config)
+    return {key: (_shape(tensor), tensor.dtype) for key, tensor in release.items()}
 
 
 # ----------------------------------------------------------------------------------------
@@ -324,7 +319,7 @@ def _read_safetensors_header(path: Path) -> list[TensorEntry]:
             begin, end = (int(o) for o in info["data_offsets"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: corrupt header entry for {key}") from exc
-        expected_bytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        expected_bytes = _nbytes(shape, dtype)
         if end - begin != expected_bytes or begin < 0:
             raise CheckpointError(
                 f"{path}: corrupt header entry for {key}: {end - begin} bytes for shape {shape} {info['dtype']}"
@@ -517,9 +512,10 @@ def checkpoint_config_json(config: SegEarthR1Config, dtype: torch.dtype = torch.
     """config.json for a release of ``config``: the released fields plus what they cannot express."""
     hf_config = config.to_checkpoint_config()
     hf_config["torch_dtype"] = str(dtype).removeprefix("torch.")
-    if config.projector.in_channels != 1024:
+    released = SegEarthR1Config()
+    if config.projector.in_channels != released.projector.in_channels:
         hf_config["mm_input_embeds"] = config.projector.in_channels
-    if config != SegEarthR1Config():
+    if config != released:
         hf_config[ARCHITECTURE_FIELD] = architecture_record(config)
     return hf_config
 
@@ -644,16 +640,6 @@ def load_tokenizer(directory: Path):
         transformers_logging.set_verbosity(verbosity)
 
 
-def _tokenizer_special_ids(tokenizer, directory: Path) -> tuple[int, int]:
-    ids = []
-    for token in ("[PAD]", "[SEG]"):
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        if token_id is None or (token_id == tokenizer.unk_token_id and token != tokenizer.unk_token):
-            raise CheckpointError(f"{directory}: the tokenizer has no {token} token; not a SegEarth-R1 checkpoint")
-        ids.append(int(token_id))
-    return ids[0], ids[1]
-
-
 def _prepare(
     tensor: torch.Tensor, module_dtype: torch.dtype, device: torch.device, dtype: torch.dtype, official_numerics: bool, borrowed: bool
 ) -> torch.Tensor:
@@ -700,8 +686,7 @@ def materialize(
             raise CheckpointError(f"{source}: unexpected key {key} (not part of the SegEarth-R1 architecture)")
         prepared = _prepare(tensor, module_dtypes[module_key], device, dtype, official_numerics, borrowed)
         del tensor
-        for name, part in convert_checkpoint_state_dict({key: prepared}, config, source=source).items():
-            state[name] = part
+        state.update(convert_checkpoint_state_dict({key: prepared}, config, source=source))
         del prepared
     try:
         model.load_state_dict(state, strict=True, assign=True)
@@ -715,9 +700,6 @@ def materialize(
     model.to(device)
     model.requires_grad_(False)
     model.eval()
-    language_model = getattr(model, "model", None)
-    if language_model is not None and hasattr(language_model, "official_numerics"):
-        language_model.official_numerics = official_numerics
     model.official_numerics = official_numerics
     return model
 
@@ -746,12 +728,15 @@ def load_pretrained(
     config = read_checkpoint_config(directory)
     name, entries = index_checkpoint(directory)
     tokenizer = load_tokenizer(directory)
-    pad_id, seg_id = _tokenizer_special_ids(tokenizer, directory)
+    try:
+        special = special_token_ids(tokenizer)
+    except PromptError as exc:
+        raise CheckpointError(f"{directory}: {exc}") from None
     if len(tokenizer) > config.language.vocab_size:
         raise CheckpointError(
             f"{directory}: the tokenizer has {len(tokenizer)} tokens but the model's vocabulary only {config.language.vocab_size}"
         )
-    config = dataclasses.replace(config, pad_token_id=pad_id, seg_token_id=seg_id)
+    config = dataclasses.replace(config, pad_token_id=special.pad, seg_token_id=special.seg)
 
     try:
         model = build_empty_model(config)
@@ -769,7 +754,6 @@ def load_pretrained(
         borrowed=True,
     )
     model.name_or_path = str(name_or_path)
-    model.is_placeholder = False
     return model, tokenizer
 
 
@@ -792,7 +776,7 @@ def write_safetensors(
     header: dict[str, Any] = {"__metadata__": dict(metadata or {"format": "pt"})}
     offset = 0
     for key, dtype, shape in specs:
-        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        nbytes = _nbytes(shape, dtype)
         header[key] = {"dtype": _SAFETENSORS_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     encoded = json.dumps(header, separators=(",", ":")).encode()
@@ -833,18 +817,18 @@ def save_release_layout(
     directory.mkdir(parents=True, exist_ok=True)
     release = to_release_state_dict(model.state_dict(), config)
 
-    def stored(tensor: torch.Tensor) -> torch.Tensor:
+    def produce(key: str) -> torch.Tensor:
+        tensor = release[key]
         return tensor.to(dtype) if tensor.is_floating_point() else tensor
 
     specs = [(key, dtype if t.is_floating_point() else t.dtype, _shape(t)) for key, t in release.items()]
-    produce = lambda key: stored(release[key])  # noqa: E731
     if max_shard_bytes is None:
         write_safetensors(directory / SAFETENSORS_FILE, specs, produce)
     else:
         shards: list[list[tuple[str, torch.dtype, list[int]]]] = [[]]
         used = 0
         for spec in specs:
-            nbytes = math.prod(spec[2]) * torch.empty((), dtype=spec[1]).element_size()
+            nbytes = _nbytes(spec[2], spec[1])
             if shards[-1] and used + nbytes > max_shard_bytes:
                 shards.append([])
                 used = 0
@@ -855,7 +839,7 @@ def save_release_layout(
             shard_name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
             write_safetensors(directory / shard_name, shard, produce)
             weight_map.update({key: shard_name for key, _, _ in shard})
-        total = sum(math.prod(s) * torch.empty((), dtype=d).element_size() for _, d, s in specs)
+        total = sum(_nbytes(shape, dtype) for _, dtype, shape in specs)
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (directory / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
     (directory / CONFIG_FILE).write_text(json.dumps(checkpoint_config_json(config, dtype), indent=2) + "\n")

@@ -149,15 +149,3 @@ class SegEarthPhiModel(PhiModel):
         keys = tuple(layer.keys for layer in output.cache.layers)
         values = tuple(layer.values for layer in output.cache.layers)
         return output.last_hidden_state, PrefixState(keys=keys, values=values)
-
-    def extend_prefix(
-        self, inputs_embeds: torch.Tensor, prefix: PrefixState | None = None, rows: torch.Tensor | None = None
-    ) -> PrefixState:
-        """The keys/values of ``prefix`` followed by ``inputs_embeds``."""
-        return self.run_after_prefix(inputs_embeds, prefix, rows)[1]
-
-    def continue_prefix(
-        self, inputs_embeds: torch.Tensor, prefix: PrefixState, rows: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Hidden states of ``inputs_embeds`` read after ``prefix``."""
-        return self.run_after_prefix(inputs_embeds, prefix, rows)[0]

@@ -130,7 +130,6 @@ class MaskDecoder(nn.Module):
         super().__init__()
         self.config = config
         hidden = config.hidden_dim
-        self.num_heads = config.num_heads
         self.num_layers = config.num_layers
         self.num_feature_levels = config.num_feature_levels
         self.pe_layer = PositionEmbeddingSine(hidden // 2)
@@ -192,7 +191,7 @@ class MaskDecoder(nn.Module):
         memories, keys_in, sizes = [], [], []
         for level, feature in enumerate(multi_scale_features):
             sizes.append(tuple(feature.shape[-2:]))
-            position = self.pe_layer(feature).flatten(2).transpose(1, 2).to(feature.dtype)
+            position = self.pe_layer(feature).flatten(2).transpose(1, 2)
             memory = feature.flatten(2).transpose(1, 2) + self.level_embed.weight[level]
             memories.append(memory)
             keys_in.append(memory + position)

@@ -277,8 +277,6 @@ class DeformableTransformerEncoderOnly(nn.Module):
             [pos.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1) for lvl, pos in enumerate(pos_embeds)],
             1,
         )
-        if pos_flat.shape[0] != src_flat.shape[0]:
-            pos_flat = pos_flat.expand(src_flat.shape[0], -1, -1)
         level_start = [0]
         for height, width in spatial_shapes[:-1]:
             level_start.append(level_start[-1] + height * width)
@@ -342,4 +340,4 @@ class MSDeformAttnPixelDecoder(nn.Module):
         fused = lateral + F.interpolate(outs[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
         fused = self.layer_1(fused)
         mask_features = self.mask_features(fused)
-        return mask_features, outs[0], outs[: self.config.num_levels]
+        return mask_features, outs[0], outs

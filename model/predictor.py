@@ -11,9 +11,10 @@ from typing import Any, Sequence
 
 import torch
 
+from .language import PrefixState
+from .preprocess import normalize
 from .prompt import PromptTokens, check_task, special_token_ids, tokenize_prompt, tokenize_questions
 from .segearth_r1 import SegEarthR1
-from .language import PrefixState
 
 
 class MaskPredictor:
@@ -36,7 +37,7 @@ class MaskPredictor:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.task = check_task(task)
-        self.name = name or getattr(model, "name_or_path", None) or "segearth-r1"
+        self.name = name or model.name_or_path
         if max_rows < 1:
             raise ValueError("max_rows must be at least 1")
         # Bounds how many (window, question) pairs share one language/decoder batch, which
@@ -52,9 +53,6 @@ class MaskPredictor:
         self.prompt: PromptTokens = tokenize_prompt(tokenizer, self.task)
         self._head: PrefixState | None = None
         self._head_key: tuple | None = None
-        mean = torch.tensor(config.pixel_mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(config.pixel_std, dtype=torch.float32).view(1, 3, 1, 1)
-        self._mean, self._std = mean, std
 
     @property
     def input_size(self) -> int:
@@ -82,9 +80,7 @@ class MaskPredictor:
         size = self.input_size
         if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (size, size):
             raise ValueError(f"images must have shape (B, 3, {size}, {size}), got {tuple(images.shape)}")
-        pixels = images.to(device=self.device, dtype=torch.float32)
-        normalized = (pixels - self._mean.to(self.device)) / self._std.to(self.device)
-        return normalized.to(self.dtype)
+        return normalize(images.to(self.device), self.model.config).to(self.dtype)
 
     def predict(self, images: torch.Tensor, questions: Sequence[str]) -> torch.Tensor:
         """Mask logits (B, M, S, S) for ``images`` (B, 3, S, S) RGB 0..255 and M questions.
@@ -92,7 +88,8 @@ class MaskPredictor:
         The result is a float32 CPU tensor whatever the model's device and dtype, ready for
         numpy; a logit above 0 is a foreground pixel.
         """
-        question_ids = tokenize_questions(self.tokenizer, questions)
+        # The constructor checked that the tokenizer's [SEG] is the model's.
+        question_ids = tokenize_questions(self.tokenizer, questions, self.model.config.seg_token_id)
         with torch.inference_mode():
             pixel_values = self.normalize(images)
             if pixel_values.shape[0] == 0:

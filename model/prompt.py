@@ -115,10 +115,13 @@ def tokenize_question(tokenizer: Any, question: str, seg_token_id: int | None = 
     return _encode(tokenizer, " " + question) + (int(seg_token_id),)
 
 
-def tokenize_questions(tokenizer: Any, questions: Sequence[str]) -> list[tuple[int, ...]]:
+def tokenize_questions(
+    tokenizer: Any, questions: Sequence[str], seg_token_id: int | None = None
+) -> list[tuple[int, ...]]:
     if isinstance(questions, str):
         raise PromptError("questions must be a sequence of strings, not one string")
     if len(questions) == 0:
         raise PromptError("no question given")
-    seg = special_token_ids(tokenizer).seg
-    return [tokenize_question(tokenizer, q, seg) for q in questions]
+    if seg_token_id is None:
+        seg_token_id = special_token_ids(tokenizer).seg
+    return [tokenize_question(tokenizer, q, seg_token_id) for q in questions]

@@ -43,14 +43,13 @@ class WindowFeatures:
     ``visual_tokens`` (B, T, hidden): the LLM's image tokens. ``local_tokens`` (B, N, d):
     the last Swin stage after ``local_project``, attended by the description perceiver.
     ``mask_features`` (B, C, S/4, S/4) and ``multi_scale_features`` (three maps, lowest
-    resolution first) feed the mask decoder. ``image_size`` is the input's (H, W).
+    resolution first) feed the mask decoder.
     """
 
     visual_tokens: torch.Tensor
     local_tokens: torch.Tensor
     mask_features: torch.Tensor
     multi_scale_features: tuple[torch.Tensor, ...]
-    image_size: tuple[int, int]
 
     @property
     def batch_size(self) -> int:
@@ -88,6 +87,8 @@ class SegEarthR1(nn.Module):
         self.pixel_decoder = MSDeformAttnPixelDecoder(config.pixel_decoder, config.swin.stage_channels)
         self.predictor = MaskDecoder(config.mask_decoder, config.pixel_decoder.mask_dim)
         self.name_or_path = "segearth-r1"
+        # True only for tiny-random, whose answers mean nothing.
+        self.is_placeholder = False
 
     # ------------------------------------------------------------------ properties
 
@@ -124,7 +125,6 @@ class SegEarthR1(nn.Module):
             local_tokens=local_tokens,
             mask_features=mask_features,
             multi_scale_features=tuple(multi_scale),
-            image_size=(int(pixel_values.shape[-2]), int(pixel_values.shape[-1])),
         )
 
     # ------------------------------------------------------------------ language side
@@ -134,7 +134,7 @@ class SegEarthR1(nn.Module):
 
     def encode_prompt_head(self, prompt: PromptTokens) -> PrefixState:
         """Keys/values of the prompt text before the image (batch 1, shared by all windows)."""
-        return self.model.extend_prefix(self._embed(prompt.head_ids))
+        return self.model.run_after_prefix(self._embed(prompt.head_ids))[1]
 
     def _question_batch(self, question_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ids (M, L) and lengths (M,)."""
@@ -153,7 +153,7 @@ class SegEarthR1(nn.Module):
     ) -> torch.Tensor:
         """Last hidden states (N, L, hidden) of questions ``question_ids`` (N, L) read after
         the prefix of window ``windows[i]``."""
-        return self.model.continue_prefix(self.model.embed_tokens(question_ids), prefix, windows)
+        return self.model.run_after_prefix(self.model.embed_tokens(question_ids), prefix, windows)[0]
 
     def question_queries(
         self,
@@ -240,7 +240,8 @@ class SegEarthR1(nn.Module):
                 chunks.append(self.question_queries(features, prefix, w, padded[q, :width], lengths[q]))
             queries = torch.cat([first_queries, torch.cat(chunks).view(batch, others, -1)], dim=1)
         masks = self.decode_masks(features, queries)
-        return F.interpolate(masks, size=features.image_size, mode="bilinear", align_corners=False)
+        size = self.config.image_size
+        return F.interpolate(masks, size=(size, size), mode="bilinear", align_corners=False)
 
     def forward(
         self, pixel_values: torch.Tensor, question_ids: Sequence[Sequence[int]], prompt: PromptTokens

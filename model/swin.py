@@ -279,14 +279,11 @@ class SwinStage(nn.Module):
         self.downsample = PatchMerging(dim, eps) if downsample else None
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        plans: dict[int, WindowPlan] = {}
         for block in self.blocks:
-            plan = plans.get(block.shift_size)
-            if plan is None:
-                plan = make_window_plan(
-                    height, width, self.window_size, block.shift_size, x.device, block.attn.windows_per_chunk
-                )
-                plans[block.shift_size] = plan
+            # Plans are cached by make_window_plan, so the blocks of a stage share two.
+            plan = make_window_plan(
+                height, width, self.window_size, block.shift_size, x.device, block.attn.windows_per_chunk
+            )
             x = block(x, plan)
         return x
 

@@ -64,7 +64,7 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, owned by someone else
-        return True
+        pass
     return True
 
 
@@ -88,11 +88,9 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
             continue
         try:
             os.unlink(entry.path)
-            removed.append(Path(entry.path))
-        except FileNotFoundError:
-            pass
-        except OSError:
+        except OSError:  # already gone, or not ours to delete: leave it
             continue
+        removed.append(Path(entry.path))
     return removed
 
 
@@ -140,7 +138,6 @@ class AtomicOutputs:
             check_target_writable(target, overwrite)
             self.targets.append(target)
         self._temps: dict[Path, Path] = {}
-        self.committed = False
 
     def __enter__(self) -> "AtomicOutputs":
         for target in self.targets:
@@ -192,7 +189,6 @@ class AtomicOutputs:
         except BaseException:
             self.discard()
             raise
-        self.committed = True
 
     def discard(self) -> None:
         """Delete every temporary not yet committed, and the files derived from it."""
@@ -206,8 +202,6 @@ class AtomicOutputs:
 def _remove_quietly(path: Path) -> None:
     try:
         os.unlink(path)
-    except FileNotFoundError:
-        pass
     except OSError:
         pass
 

@@ -52,8 +52,9 @@ deadlock.
 Exit status
 -----------
 :attr:`BatchReport.exit_code` is 0 when every job is ok or skipped; otherwise the exit code
-of the first failed job in job-file order (3 for an unreadable scene, 5 for an output that
-cannot be written, 1 for anything unexpected; see errors.py).
+of the first failed job in job-file order (3 for an unreadable scene, 4 for a model that
+cannot be loaded, 5 for an output that cannot be written, 1 for anything unexpected; see
+errors.py).
 """
 
 from __future__ import annotations
@@ -485,7 +486,6 @@ def run_batch(
     force: bool = False,
     wait: bool = False,
     on_result: Optional[ResultCallback] = None,
-    progress: Optional[Callable[[int, int], None]] = None,
 ) -> BatchReport:
     """Run every job; never raises for a job's failure (it becomes a ``failed`` result).
 
@@ -507,7 +507,7 @@ def run_batch(
         if on_result is not None:
             on_result(result)
 
-    settings = _Settings(_LoadOnce(segmenter), options, options_record(options), model, force, wait, emit, progress)
+    settings = _Settings(_LoadOnce(segmenter), options, options_record(options), model, force, wait, emit)
     for scene, scene_jobs in group_by_scene(jobs):
         _SceneRun(scene, scene_jobs, settings).run()
     report.results.sort(key=lambda r: r.job.number)
@@ -546,7 +546,6 @@ class _Settings:
     force: bool
     wait: bool
     emit: ResultCallback
-    progress: Optional[Callable[[int, int], None]]
 
 
 class _SceneRun:
@@ -715,7 +714,7 @@ class _SceneRun:
                     write_record(output, self.inputs[job.number], state="pending")
                     written.append(output)
             run_query(self.scene, questions, targets, segmenter,
-                      dataclasses.replace(self.settings.options, overwrite=True), progress=self.settings.progress)
+                      dataclasses.replace(self.settings.options, overwrite=True))
         except BaseException:
             for output in written:
                 if not os.path.lexists(output):

@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import sys
+import traceback
 import warnings
 from typing import Optional, Sequence
 
@@ -148,6 +149,15 @@ def _error_line(message: str) -> None:
     print(f"segearth: error: {first}", file=sys.stderr)
 
 
+def _interrupted(termination: TerminationHandler) -> int:
+    """Say which signal ended the run; SIGTERM arrives as the same interrupt as Ctrl-C."""
+    if termination.received:
+        _error_line("terminated; partial outputs removed")
+        return EXIT_TERMINATED
+    _error_line("interrupted; partial outputs removed")
+    return EXIT_INTERRUPTED
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line and exit with its status (see the module docstring)."""
     sys.exit(run(argv))
@@ -173,16 +183,9 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         # Click returns the status of ctx.exit()/typer.Exit in non-standalone mode, and
         # Typer turns a KeyboardInterrupt inside a command into status 130.
         status = result if isinstance(result, int) else 0
-        if status == EXIT_INTERRUPTED:
-            if termination.received:
-                _error_line("terminated; partial outputs removed")
-                return EXIT_TERMINATED
-            _error_line("interrupted; partial outputs removed")
-        return status
+        return _interrupted(termination) if status == EXIT_INTERRUPTED else status
     except SegearthError as exc:
         if debug:
-            import traceback
-
             traceback.print_exc()
         _error_line(exc.message)
         return exc.exit_code
@@ -206,11 +209,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         _error_line("interrupted")
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:  # Terminated included, when raised outside Typer's reach
-        if termination.received:
-            _error_line("terminated; partial outputs removed")
-            return EXIT_TERMINATED
-        _error_line("interrupted; partial outputs removed")
-        return EXIT_INTERRUPTED
+        return _interrupted(termination)
     except BrokenPipeError:
         # stdout closed by a pager or `head`: not worth a traceback.
         try:
@@ -220,8 +219,6 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_FAILURE
     except Exception as exc:  # noqa: BLE001 - the last line of defence promises one line
         if debug:
-            import traceback
-
             traceback.print_exc()
         name = type(exc).__name__
         detail = f"{name}: {exc}" if str(exc) else name

@@ -57,7 +57,6 @@ DATASET_MODEL = {
     "rrsis-d": "earth-insights/SegEarth-R1-RRSIS-D",
     "refsegrs": "earth-insights/SegEarth-R1-RefSegRS",
 }
-PROTOCOLS = ("official", "original_size")
 PRECISION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 IOU_EPS = 1e-5
 CIOU_EPS = 1e-10
@@ -350,7 +349,7 @@ def read_rrsisd(root: Path, split: str) -> list[Sample]:
         log.warning("%s: %d of %d expressions have an id different from their image's; the official reader "
                     "looks images up by expression id, so its scores for them may differ", refs_path, mismatched,
                     len(chosen))
-    samples = []
+    entries = []
     stems = []
     for ref_id, ann_id, image_id, sentence in chosen:
         # The official reader looks the image up by the expression's id; RRSIS-D gives every
@@ -365,10 +364,10 @@ def read_rrsisd(root: Path, split: str) -> list[Sample]:
         if not image_path.is_file():
             raise InputError(f"{image_path}: missing (image of expression {ref_id})")
         stems.append(Path(image["file_name"]).stem)
-        samples.append((image_path, sentence, RleTarget(annotation["segmentation"], f"{instances_path} annotation {ann_id}")))
+        entries.append((image_path, sentence, RleTarget(annotation["segmentation"], f"{instances_path} annotation {ann_id}")))
     return [
         Sample(name=name, image_path=path, question=sentence, target=target)
-        for name, (path, sentence, target) in zip(_unique_names(stems), samples)
+        for name, (path, sentence, target) in zip(_unique_names(stems), entries)
     ]
 
 

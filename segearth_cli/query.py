@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 from .errors import UsageError
-from .windows import MODES
+from .windows import check_window_options
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +64,7 @@ class QueryOptions:
     pixel_coordinates: bool = False
 
     def check(self) -> None:
-        if self.mode not in MODES:
-            raise UsageError(f"--mode {self.mode!r}: choose one of {', '.join(MODES)}")
-        if self.window is not None and self.gsd is not None:
-            raise UsageError("--window and --gsd both set the window footprint; give one of them")
-        if self.mode == "whole" and (self.window is not None or self.gsd is not None):
-            raise UsageError("--window and --gsd apply to tiled windows, not to --mode whole")
-        if self.window is not None and self.window < 1:
-            raise UsageError(f"--window {self.window}: must be a positive number of pixels")
-        if self.gsd is not None and not self.gsd > 0:
-            raise UsageError(f"--gsd {self.gsd}: must be a positive number of metres")
-        if self.overlap is not None and not 0.0 <= self.overlap < 1.0:
-            raise UsageError(f"--overlap {self.overlap}: must be a fraction in [0, 1)")
+        check_window_options(self.mode, self.window, self.gsd, self.overlap)
         if not 0.0 < self.threshold < 1.0:
             raise UsageError(f"--threshold {self.threshold}: must be a probability strictly between 0 and 1")
         if self.min_area < 0 or self.simplify < 0:
@@ -157,11 +146,18 @@ def validate_query(
     """
     from .scene import open_scene
 
+    _check_request(scene_path, questions, targets, options)
+    with open_scene(scene_path, bands=options.bands) as reader:
+        _check_against_scene(reader.scene, scene_path, targets, options)
+
+
+def _check_request(
+    scene_path: "str | os.PathLike[str]", questions: Sequence[str], targets: Sequence[OutputTarget], options: QueryOptions
+) -> None:
+    """The checks that need neither the scene's contents nor the model."""
     options.check()
     _check_questions(questions)
     _check_targets(scene_path, questions, targets, options.overwrite)
-    with open_scene(scene_path, bands=options.bands) as reader:
-        _check_against_scene(reader.scene, scene_path, targets, options)
 
 
 def _check_questions(questions: Sequence[str]) -> None:
@@ -234,12 +230,11 @@ class _TimedSegmenter:
 
 
 class _TimedReader:
-    """The scene reader as ``stream_row_blocks`` uses it, with read time measured."""
+    """The scene reader as ``stream_row_blocks`` uses it (``read`` only), with read time measured."""
 
     def __init__(self, reader, clock: "_Clock"):
         self._reader = reader
         self._clock = clock
-        self.scene = reader.scene
 
     def read(self, window):
         with self._clock("read"):
@@ -286,9 +281,7 @@ def run_query(
     clock = _Clock()
     questions = list(questions)
     targets = list(targets)
-    options.check()
-    _check_questions(questions)
-    _check_targets(scene_path, questions, targets, options.overwrite)
+    _check_request(scene_path, questions, targets, options)
     # Temporaries of runs that were killed (SIGKILL, power loss) are never at a target
     # path, but they would pile up in the output folders.
     for folder in {t.path.resolve().parent for t in targets}:
@@ -456,7 +449,7 @@ class _Sinks:
             missing = tuple(i for i in range(len(questions)) if i not in covered)
             if missing:
                 # Only for the summary: the same rule as the written polygons, metres only with a CRS.
-                self.vectors[("summary", *missing)] = VectorSink(
+                self.vectors[missing] = VectorSink(
                     scene, questions, missing, threshold=options.threshold,
                     min_area_m2=options.min_area if has_crs else 0.0, attributes=attributes,
                     pixel_coordinates=pixel_coordinates,
@@ -484,11 +477,9 @@ class _Sinks:
 
     def abort(self) -> None:
         """Release open files; AtomicOutputs deletes the temporaries themselves."""
-        for sink in [*getattr(self, "rasters", []), *getattr(self, "previews", [])]:
-            abort = getattr(sink, "abort", None)
+        for sink in [*self.rasters, *self.previews]:
             try:
-                if abort is not None:
-                    abort()
+                sink.abort()
             except Exception:  # noqa: BLE001 - the original failure is what the user must see
                 log.debug("ignored a failure while discarding %s", sink, exc_info=True)
 

@@ -28,6 +28,7 @@ at full resolution. A window at the file's own resolution is a plain windowed re
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,9 @@ except ImportError:  # pragma: no cover - older rasterio layouts
 STRETCH_PERCENTILES = (2.0, 98.0)
 #: Upper bound on the pixels read to measure the stretch.
 STRETCH_SAMPLE_PIXELS = 2**21
+
+#: Stretches measured in this process, by file identity and bands.
+_STRETCHES: dict[tuple, tuple[tuple[float, float], ...]] = {}
 #: Bounds of GDAL's block cache, MB. Its default (5 % of RAM) would count against the
 #: pipeline's memory bound; what window overlap can reuse is the band of blocks one grid
 #: row of windows spans, so the cache is sized to that (see ``_block_cache_bytes``).
@@ -167,7 +171,9 @@ class SceneReader:
                     )
             dtype = np.result_type(*[np.dtype(dt) for dt in dtypes])
 
-            georeferencing, self._src = self._georeference(src, colour)
+            # Palette indices must not be blended into indexes of other colours.
+            self._data_resampling = Resampling.nearest if colour == "palette" else Resampling.bilinear
+            georeferencing, self._src = self._georeference(src)
             src = self._src
             self._bands = tuple(chosen)
             self._colour = colour
@@ -175,14 +181,13 @@ class SceneReader:
             # Bands of different types are read as one common type.
             self._uniform_dtype = len(set(dtypes)) == 1
             self._float = dtype.kind == "f"
-            self._data_resampling = Resampling.nearest if colour == "palette" else Resampling.bilinear
             self._validity, self._nodata = _validity_kind(src, self._bands)
             self._palette, self._palette_valid = (
                 _palette_table(self._file, self._bands[0]) if colour == "palette" else (None, None)
             )
             stretch = None
             if colour != "palette" and dtype != np.uint8:
-                stretch = self._measure_stretch()
+                stretch = self._remembered_stretch()
             self._stretch = stretch
             try:
                 overviews = tuple(self._file.overviews(self._bands[0]))
@@ -209,16 +214,15 @@ class SceneReader:
                 overviews=overviews,
             )
 
-    def _georeference(self, src, colour: str):
+    def _georeference(self, src):
         """("transform" | "gcps" | "rpcs" | "none", the dataset to read from)."""
-        identity = src.transform.is_identity
-        if not identity or src.crs is not None:
+        if not src.transform.is_identity or src.crs is not None:
             return "transform", src
         gcps, gcp_crs = src.gcps
         rpcs = src.rpcs
         if not gcps and rpcs is None:
             return "none", src
-        resampling = Resampling.nearest if colour == "palette" else Resampling.bilinear
+        resampling = self._data_resampling
         # Without a nodata value the area outside the warped footprint needs an alpha
         # band to be told apart from real zeros.
         add_alpha = all(v is None for v in src.nodatavals)
@@ -235,6 +239,20 @@ class SceneReader:
         except _READ_ERRORS as exc:
             kind = "GCPs" if gcps else "RPCs"
             raise self._fail(f"located only by {kind}, and warping them to a regular grid failed ({first_line(exc)})")
+
+    def _remembered_stretch(self) -> tuple[tuple[float, float], ...]:
+        # The command line opens a scene once to check the request before loading the model
+        # and once to run it; measuring the stretch reads up to a few megapixels, so the
+        # second open reuses the first measurement unless the file changed in between.
+        try:
+            info = os.stat(self.path)
+        except OSError:  # not a plain file (a GDAL virtual path): nothing to key on
+            return self._measure_stretch()
+        key = (str(Path(self.path).resolve()), info.st_size, info.st_mtime_ns, self._bands)
+        stretch = _STRETCHES.get(key)
+        if stretch is None:
+            stretch = _STRETCHES[key] = self._measure_stretch()
+        return stretch
 
     def _measure_stretch(self) -> tuple[tuple[float, float], ...]:
         src = self._src
@@ -296,9 +314,8 @@ class SceneReader:
             return mask > 0
         if native_data is not None:
             valid = np.zeros((out_h, out_w), dtype=bool)
+            # Every chosen band has a nodata value here (see _validity_kind).
             for channel, nodata in zip(native_data, self._nodata):
-                if nodata is None:
-                    return np.ones((out_h, out_w), dtype=bool)
                 if isinstance(nodata, float) and np.isnan(nodata):
                     valid |= ~np.isnan(channel)
                 else:
@@ -356,14 +373,13 @@ class SceneReader:
     def read_valid(self, window: Window) -> np.ndarray:
         """Only the validity canvas (S, S) of ``read``: cheap when validity needs no pixel values."""
         self._check(window)
-        rio_window = RioWindow(window.col_off, window.row_off, window.width, window.height)
-        out_h, out_w = window.dst_height, window.dst_width
         if self._float or self._palette is not None or (self._validity == "nodata" and window.native):
             # These need the pixel values (NaNs, palette alpha, nodata compared in place).
             _, valid = self.read(window)
             return valid
+        rio_window = RioWindow(window.col_off, window.row_off, window.width, window.height)
         try:
-            valid = self._validity_from(rio_window, out_h, out_w)
+            valid = self._validity_from(rio_window, window.dst_height, window.dst_width)
         except _READ_ERRORS as exc:
             raise self._read_error(rio_window, exc) from None
         canvas = np.zeros((window.size, window.size), dtype=bool)
@@ -395,9 +411,7 @@ class SceneReader:
         if max_side < 1:
             raise ValueError(f"max_side {max_side} is not positive")
         width, height = self.scene.width, self.scene.height
-        factor = min(1.0, max_side / max(width, height))
-        out_w = max(1, int(round(width * factor)))
-        out_h = max(1, int(round(height * factor)))
+        out_w, out_h = overview_size(width, height, max_side)
         return self._rect(0, 0, width, height, out_w, out_h)
 
     def _check(self, window: Window) -> None:
@@ -424,6 +438,12 @@ class SceneReader:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def overview_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(width, height) of a ``width`` x ``height`` grid reduced so its long side is at most ``max_side``."""
+    factor = min(1.0, max_side / max(width, height))
+    return max(1, int(round(width * factor))), max(1, int(round(height * factor)))
 
 
 def _block_cache_bytes(path: Path) -> int:

@@ -130,20 +130,13 @@ class Stitcher:
     :meth:`finish` returns the rest. Rows come out top to bottom, each exactly once.
     """
 
-    def __init__(
-        self,
-        scene_width: int,
-        scene_height: int,
-        plan: WindowPlan,
-        num_questions: int,
-        block_rows: int = DEFAULT_BLOCK_ROWS,
-    ):
+    def __init__(self, plan: WindowPlan, num_questions: int, block_rows: int = DEFAULT_BLOCK_ROWS):
         if num_questions < 1:
             raise ValueError("at least one question is needed")
         if len(plan) == 0:
             raise ValueError("the plan has no windows")
-        self.width = int(scene_width)
-        self.height = int(scene_height)
+        self.width = int(plan.scene_width)
+        self.height = int(plan.scene_height)
         self.plan = plan
         self.num_questions = int(num_questions)
         self.block_rows = max(1, int(block_rows))
@@ -181,13 +174,12 @@ class Stitcher:
 
     # -- feeding -----------------------------------------------------------------------
 
-    def _take(self, window: Window) -> int:
+    def _take(self, window: Window) -> None:
         if self._pending is not None:
             raise RuntimeError("consume the RowBlocks returned by the previous add()/skip() first")
         if self._next >= len(self.plan) or self.plan.windows[self._next] != window:
             raise ValueError(f"windows must be fed in plan order; expected #{self._next}, got {window}")
         self._next += 1
-        return self._next
 
     def add(self, window: Window, probabilities: np.ndarray, valid: np.ndarray) -> Iterator[RowBlock]:
         """Blend one window's canvas probabilities (M, S, S) with its canvas validity (S, S)."""
@@ -399,9 +391,10 @@ def stream_row_blocks(
     background thread while the current one is processed (``reader.read`` is then called
     from that thread, so a wrapper around the reader must be thread-safe).
     """
-    scene = reader.scene
-    stitcher = Stitcher(scene.width, scene.height, plan, len(questions))
-    queue: list[tuple[Window, Optional[np.ndarray], np.ndarray]] = []
+    stitcher = Stitcher(plan, len(questions))
+    # Windows read since the last model call, in plan order, with their validity (None for
+    # a window that has no valid pixel); ``batch`` holds the RGB of those that do.
+    queue: list[tuple[Window, Optional[np.ndarray]]] = []
     batch: list[np.ndarray] = []
 
     def drain() -> Iterator[RowBlock]:
@@ -413,8 +406,8 @@ def stream_row_blocks(
                 raise RuntimeError(f"segmenter {segmenter.name} returned logits of shape {logits.shape}, expected {expected}")
             probabilities = sigmoid(logits)
         position = 0
-        for window, rgb, valid in queue:
-            if rgb is None:
+        for window, valid in queue:
+            if valid is None:
                 yield from stitcher.skip(window)
             else:
                 yield from stitcher.add(window, probabilities[position], valid)
@@ -436,11 +429,9 @@ def stream_row_blocks(
             else:
                 rgb, valid = reader.read(window)
             has_valid = bool(valid.any())
+            queue.append((window, valid if has_valid else None))
             if has_valid:
-                queue.append((window, rgb, valid))
                 batch.append(rgb)
-            else:
-                queue.append((window, None, valid))
             if on_window is not None:
                 on_window(window, has_valid)
             if len(batch) >= batch_size or (not batch and queue):

@@ -120,10 +120,6 @@ class WindowPlan:
         return self.windows[index]
 
     @property
-    def stride(self) -> int:
-        return self.footprint - self.overlap
-
-    @property
     def rows(self) -> tuple[tuple[Window, ...], ...]:
         """Windows grouped by grid row (shared ``row_off``), top to bottom."""
         groups: list[list[Window]] = []
@@ -150,16 +146,9 @@ def plan_windows(
     footprint shared with each neighbour (default :data:`DEFAULT_OVERLAP`). See the module
     docstring for the modes and the ``auto`` rule.
     """
-    if mode not in MODES:
-        raise UsageError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
+    check_window_options(mode, window, gsd, overlap)
     if input_size < 1:
         raise UsageError(f"model input size {input_size} is not positive")
-    if window is not None and gsd is not None:
-        raise UsageError("--window and --gsd both set the window footprint; give one of them")
-    if mode == "whole" and (window is not None or gsd is not None):
-        raise UsageError("--window and --gsd apply to tiled windows, not to --mode whole")
-    if overlap is not None and not 0.0 <= overlap < 1.0:
-        raise UsageError(f"--overlap {overlap}: give a fraction of the window in [0, 1)")
     width, height = int(scene.width), int(scene.height)
     long_side = max(width, height)
 
@@ -177,6 +166,27 @@ def plan_windows(
     fraction = DEFAULT_OVERLAP if overlap is None else overlap
     overlap_px = min(int(round(footprint * fraction)), footprint - 1)
     return _plan_tiled(width, height, input_size, footprint, overlap_px, why)
+
+
+def check_window_options(
+    mode: str, window: Optional[int] = None, gsd: Optional[float] = None, overlap: Optional[float] = None
+) -> None:
+    """Raise UsageError for window settings that no scene could satisfy.
+
+    Needs no scene, so the command line can refuse a typo before the model is loaded.
+    """
+    if mode not in MODES:
+        raise UsageError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
+    if window is not None and gsd is not None:
+        raise UsageError("--window and --gsd both set the window footprint; give one of them")
+    if mode == "whole" and (window is not None or gsd is not None):
+        raise UsageError("--window and --gsd apply to tiled windows, not to --mode whole")
+    if window is not None and window < MIN_WINDOW:
+        raise UsageError(f"--window {window}: at least {MIN_WINDOW} source pixels")
+    if gsd is not None and not gsd > 0:
+        raise UsageError(f"--gsd {gsd}: give a positive number of metres per pixel")
+    if overlap is not None and not 0.0 <= overlap < 1.0:
+        raise UsageError(f"--overlap {overlap}: give a fraction of the window in [0, 1)")
 
 
 def _plan_whole(width: int, height: int, size: int, reason: str) -> WindowPlan:
@@ -221,12 +231,8 @@ def _plan_tiled(width: int, height: int, size: int, footprint: int, overlap: int
 
 def _footprint(scene: "Scene", size: int, window: Optional[int], gsd: Optional[float]) -> tuple[int, str]:
     if window is not None:
-        if window < MIN_WINDOW:
-            raise UsageError(f"--window {window}: at least {MIN_WINDOW} source pixels")
         return int(window), f"tiled: {window} px windows resampled to {size}"
     if gsd is not None:
-        if not gsd > 0:
-            raise UsageError(f"--gsd {gsd}: give a positive number of metres per pixel")
         pixel_m = ground_pixel_size(scene)
         if pixel_m is None:
             raise UsageError(f"{scene.path}: --gsd needs a scene with a coordinate reference system (this one has none)")

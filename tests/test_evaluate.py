@@ -601,10 +601,10 @@ def eval_cli(monkeypatch):
 
     Returns (run(args) -> click Result, the model names the command asked for).
     """
-    import typer
     from typer.testing import CliRunner
 
     import segearth_cli.commands.eval as eval_module
+    from segearth_cli import cli
 
     asked = []
 
@@ -613,20 +613,10 @@ def eval_cli(monkeypatch):
         return RedSegmenter()
 
     monkeypatch.setattr(eval_module, "load_eval_segmenter", fake_loader)
-    from segearth_cli import cli
-
-    registered = any(getattr(c, "name", None) == "eval" for c in cli.app.registered_commands)
-    if registered:
-        app = cli.app
-        prefix = ["eval"]
-    else:
-        app = typer.Typer()
-        app.command("eval")(eval_module.eval_command)
-        prefix = []
     runner = CliRunner()
 
     def run(args):
-        return runner.invoke(app, prefix + [str(a) for a in args])
+        return runner.invoke(cli.app, ["eval", *(str(a) for a in args)])
 
     return run, asked
 

@@ -200,7 +200,7 @@ def test_blend_weights_hide_a_disagreement_between_windows(write_geotiff):
     path, *_ = write_encoded(write_geotiff, "seam.tif", 200, 64, "north-up projected", smooth_channels)
     with open_scene(path) as reader:
         plan = plan_windows(reader.scene, mode="tiled", input_size=SIZE, overlap=0.5)
-        stitcher = Stitcher(reader.scene.width, reader.scene.height, plan, 1)
+        stitcher = Stitcher(plan, 1)
         rows = []
         for index, window in enumerate(plan):
             _, valid = reader.read(window)

@@ -10,8 +10,8 @@ import pytest
 from affine import Affine
 from rasterio.crs import CRS
 
-from segearth_cli.outputs.preview import HATCH, LEGEND_BACKGROUND, PALETTE, PreviewSink, preview_size
-from segearth_cli.scene import Scene, open_scene
+from segearth_cli.outputs.preview import HATCH, LEGEND_BACKGROUND, PALETTE, PreviewSink
+from segearth_cli.scene import Scene, open_scene, overview_size
 from segearth_cli.stitch import RowBlock
 
 
@@ -25,7 +25,7 @@ def make_scene(width, height):
 
 def flat_overview(value=120):
     def overview(max_side):
-        width, height = preview_size(3000, 2000, max_side)
+        width, height = overview_size(3000, 2000, max_side)
         return np.full((3, height, width), value, dtype=np.uint8), np.ones((height, width), dtype=bool)
 
     return overview
@@ -140,5 +140,5 @@ def test_legend_names_questions_in_readable_text(tmp_path):
 @pytest.mark.parametrize("size", [(1, 1), (7, 3000), (2049, 5)])
 def test_preview_size_keeps_aspect_and_limit(size):
     width, height = size
-    out_w, out_h = preview_size(width, height, 2048)
+    out_w, out_h = overview_size(width, height, 2048)
     assert max(out_w, out_h) <= 2048 and min(out_w, out_h) >= 1

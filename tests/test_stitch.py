@@ -36,7 +36,7 @@ def feed_all(stitcher, plan, value=0.5, valid_fn=None, questions=1):
 
 def test_rows_come_out_once_in_order_and_early():
     plan = plan_windows(fake_scene(200, 300), mode="tiled", input_size=S, overlap=0.25)
-    stitcher = Stitcher(200, 300, plan, 2, block_rows=20)
+    stitcher = Stitcher(plan, 2, block_rows=20)
     blocks, released_after = feed_all(stitcher, plan, questions=2)
     offsets = [b.row_off for b in blocks]
     assert offsets == sorted(offsets)
@@ -54,16 +54,16 @@ def test_buffers_depend_on_width_and_window_height_not_scene_height():
     shapes = []
     for height in (200, 2000, 20000):
         plan = plan_windows(fake_scene(300, height), mode="tiled", input_size=S, overlap=0.125)
-        stitcher = Stitcher(300, height, plan, 3)
+        stitcher = Stitcher(plan, 3)
         shapes.append((stitcher._acc.shape, stitcher._wsum.shape))
     assert shapes[0] == shapes[1] == shapes[2] == (((3, S, 300)), (S, 300))
     plan = plan_windows(fake_scene(300, 5000), mode="tiled", input_size=S, window=150)
-    assert Stitcher(300, 5000, plan, 1)._acc.shape == (1, 150, 300)
+    assert Stitcher(plan, 1)._acc.shape == (1, 150, 300)
 
 
 def test_a_constant_answer_stays_constant_through_the_blend():
     plan = plan_windows(fake_scene(230, 170), mode="tiled", input_size=S, overlap=0.5)
-    blocks, _ = feed_all(Stitcher(230, 170, plan, 1), plan, value=0.3)
+    blocks, _ = feed_all(Stitcher(plan, 1), plan, value=0.3)
     stitched = np.concatenate([b.probabilities[0] for b in blocks])
     np.testing.assert_allclose(stitched, 0.3, rtol=1e-6)
     assert all(b.valid.all() for b in blocks)
@@ -71,7 +71,7 @@ def test_a_constant_answer_stays_constant_through_the_blend():
 
 def test_invalid_and_skipped_windows_become_invalid_rows():
     plan = plan_windows(fake_scene(200, 130), mode="tiled", input_size=S, overlap=0.0)
-    stitcher = Stitcher(200, 130, plan, 1)
+    stitcher = Stitcher(plan, 1)
     blocks = []
     for window in plan:
         if window.col_off == 0:
@@ -92,7 +92,7 @@ def test_invalid_and_skipped_windows_become_invalid_rows():
 
 def test_a_single_whole_window_streams_in_strips_without_scene_sized_buffers():
     plan = plan_windows(fake_scene(90, 5000), mode="whole", input_size=S)
-    stitcher = Stitcher(90, 5000, plan, 1, block_rows=100)
+    stitcher = Stitcher(plan, 1, block_rows=100)
     assert stitcher._acc.size == 0
     (window,) = plan.windows
     canvas = np.zeros((1, S, S), np.float32)
@@ -138,7 +138,7 @@ def test_averaging_axis_map_keeps_the_mean_and_follows_a_ramp():
 def test_misuse_is_caught():
     plan = plan_windows(fake_scene(200, 130), mode="tiled", input_size=S)
     ones = np.ones((1, S, S), np.float32), np.ones((S, S), bool)
-    stitcher = Stitcher(200, 130, plan, 1)
+    stitcher = Stitcher(plan, 1)
     with pytest.raises(ValueError, match="plan order"):
         stitcher.add(plan[1], *ones)
     with pytest.raises(ValueError, match="shape"):

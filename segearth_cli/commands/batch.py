@@ -14,7 +14,7 @@ from typing import Annotated, Optional, TextIO
 
 import typer
 
-from ..errors import OutputError, UsageError
+from ..errors import OutputError
 from . import options as opt
 
 log = logging.getLogger("segearth_cli.batch")
@@ -98,23 +98,16 @@ def batch_command(
     debug: opt.Debug = False,  # noqa: ARG001 - read by cli.main before parsing, listed here for --help
 ) -> None:
     """Run every job of JOBS with one model load; the text users see is BATCH_HELP."""
-    from ..batch import STATUS_FAILED, model_identity, read_jobs, run_batch
-    from .query import load_segmenter, resolve_task
+    from ..batch import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, model_identity, read_jobs, run_batch
+    from .query import TINY_RANDOM, compute_dtype, load_segmenter, resolve_task
 
     options = opt.query_options(locals())
     job_list = read_jobs(jobs)
     options.check()
     task = resolve_task(task, model)
-
-    from segearth_model.checkpoint import resolve_device, resolve_dtype
-
-    try:
-        compute_dtype = resolve_dtype(dtype, resolve_device(device))
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    identity = model_identity(model, revision, dtype=compute_dtype, task=task)
+    identity = model_identity(model, revision, dtype=compute_dtype(device, dtype), task=task)
     # Load the very commit the records name, even if "main" moves while this run is going.
-    load_revision = revision if model == "tiny-random" or Path(model).expanduser().is_dir() else identity["revision"]
+    load_revision = revision if model == TINY_RANDOM or Path(model).expanduser().is_dir() else identity["revision"]
 
     def load():
         return load_segmenter(model, revision=load_revision, device=device, dtype=dtype, task=task, quiet=quiet)
@@ -141,7 +134,7 @@ def batch_command(
     counts = outcome.counts()
     if not quiet:
         log.info("%d job%s: %d ok, %d skipped, %d failed in %.1f s", total, "" if total == 1 else "s",
-                 counts["ok"], counts["skipped"], counts["failed"], outcome.seconds)
+                 counts[STATUS_OK], counts[STATUS_SKIPPED], counts[STATUS_FAILED], outcome.seconds)
     if counts[STATUS_FAILED]:
         first = next(r for r in outcome.results if r.status == STATUS_FAILED)
         print(f"segearth: error: {counts[STATUS_FAILED]} job(s) failed; first: job {first.job.number} "

@@ -125,7 +125,7 @@ def _line(info: dict[str, Any]) -> str:
         return f"NOT USABLE: {info.get('error')}"
     parts = [str(info["version"])]
     for key, value in info.items():
-        if key in ("version",) or value in (None, [], ""):
+        if key == "version" or value in (None, [], ""):
             continue
         if key == "gpus":
             value = "; ".join(value)

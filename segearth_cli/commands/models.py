@@ -36,8 +36,8 @@ import typer
 
 from ..errors import EXIT_FAILURE, ModelUnavailableError, UsageError
 from . import options as opt
+from .query import TINY_RANDOM
 
-TINY_RANDOM = "tiny-random"
 MANIFEST_FOLDER = "segearth-manifests"
 #: Seconds to wait for the hub before treating it as unreachable: a cron job must not hang.
 HUB_TIMEOUT = 10.0
@@ -54,6 +54,8 @@ RepoArg = Annotated[str, typer.Argument(metavar="REPO", help="Hub repo id, e.g. 
 
 
 # --------------------------------------------------------------------------- the cache
+
+# The model package's answers, imported on call: it imports torch, which `--help` must not wait for.
 
 
 def hub_cache_dir() -> Path:
@@ -264,11 +266,11 @@ def verify_cached(model: CachedModel, cache_dir: Optional[Path] = None) -> Verif
 
 def _human_size(size: int) -> str:
     value = float(size)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
-    return f"{size} B"
+    return f"{value:.1f} TB"
 
 
 def _err(message: str) -> None:

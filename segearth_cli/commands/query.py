@@ -88,6 +88,16 @@ def resolve_task(task: str, model: str) -> str:
     return "referring" if ("rrsis" in lowered or "refsegrs" in lowered) else "reasoning"
 
 
+def compute_dtype(device: str, dtype: str):
+    """The torch dtype ``--device`` and ``--dtype`` resolve to; a combination that cannot run exits 2."""
+    from segearth_model.checkpoint import resolve_device, resolve_dtype
+
+    try:
+        return resolve_dtype(dtype, resolve_device(device))
+    except ValueError as exc:
+        raise UsageError(f"--device {device} --dtype {dtype}: {exc}") from None
+
+
 def load_segmenter(model: str, *, revision: Optional[str], device: str, dtype: str, task: str, quiet: bool,
                    official_numerics: bool = False):
     """Load the model behind the Segmenter interface; unavailable models exit 4 with a way out.
@@ -97,15 +107,12 @@ def load_segmenter(model: str, *, revision: Optional[str], device: str, dtype: s
     """
     task = resolve_task(task, model)
     import segearth_model
-    from segearth_model.checkpoint import ModelLoadError, resolve_device, resolve_dtype
+    from segearth_model.checkpoint import ModelLoadError
     from segearth_model.predictor import MaskPredictor
 
     from ..segmenter import ModelSegmenter
 
-    try:
-        resolve_dtype(dtype, resolve_device(device))
-    except ValueError as exc:
-        raise UsageError(f"--device {device} --dtype {dtype}: {exc}") from None
+    compute_dtype(device, dtype)
 
     if model == TINY_RANDOM:
         log.warning("model 'tiny-random' has random weights: its answers are meaningless "

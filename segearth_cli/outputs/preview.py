@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from ..errors import OutputError
+from ..scene import open_scene, overview_size
 from .raster import answer_mask
 
 #: Fill colours (RGB), one per question, distinct on imagery and for common colour blindness.
@@ -40,13 +41,6 @@ HATCH = (96, 96, 96)
 LEGEND_BACKGROUND = (32, 32, 32)
 LEGEND_TEXT = (240, 240, 240)
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
-
-
-def preview_size(width: int, height: int, max_side: int) -> tuple[int, int]:
-    """(width, height) of the quicklook; the same rule as ``SceneReader.read_overview``."""
-
-    factor = min(1.0, max_side / max(width, height))
-    return max(1, int(round(width * factor))), max(1, int(round(height * factor)))
 
 
 class PreviewSink:
@@ -82,19 +76,18 @@ class PreviewSink:
                 raise ValueError("PreviewSink needs scene= (width and height) with an overview function")
             rgb, valid = source(max_side)
         else:
-            from ..scene import open_scene
-
             scene = source
             with open_scene(scene.path, bands=scene.bands) as reader:
                 rgb, valid = reader.read_overview(max_side)
         self.width, self.height = int(scene.width), int(scene.height)
-        self.out_width, self.out_height = preview_size(self.width, self.height, max_side)
+        self.out_width, self.out_height = overview_size(self.width, self.height, max_side)
         self._rgb = _fit(np.asarray(rgb), self.out_height, self.out_width)
         self._scene_valid = _fit(np.asarray(valid)[None], self.out_height, self.out_width)[0].astype(bool)
 
         # Column j of the scene falls in quicklook column (j * out_width) // width.
         column_cell = (np.arange(self.width, dtype=np.int64) * self.out_width) // self.width
         self._column_starts = np.searchsorted(column_cell, np.arange(self.out_width))
+        self._column_counts = np.diff(self._column_starts, append=self.width).astype(np.float32)
         self._answer = np.zeros((len(self.question_indexes), self.out_height, self.out_width), dtype=np.float32)
         self._valid = np.zeros((self.out_height, self.out_width), dtype=np.float32)
         self._total = np.zeros((self.out_height, self.out_width), dtype=np.float32)
@@ -113,7 +106,9 @@ class PreviewSink:
 
         valid = block.valid
         self._valid[cells] += reduce(valid.astype(np.float32))
-        self._total[cells] += reduce(np.ones(valid.shape, dtype=np.float32))
+        # Scene pixels per quicklook cell follow from the cell bounds; no need to reduce ones.
+        row_counts = np.diff(row_starts, append=block.height).astype(np.float32)
+        self._total[cells] += np.outer(row_counts, self._column_counts)
         for plane, index in enumerate(self.question_indexes):
             mask = answer_mask(block.probabilities[index], valid, self.threshold)
             self._answer[plane, cells] += reduce(mask.astype(np.float32))

@@ -149,11 +149,16 @@ class MaskRasterSink:
                 self._probability_dst = self._mask_dst if self.probabilities else None
                 self._describe(self._mask_dst, probability_offset=count if self.probabilities else None)
         except BaseException:
-            self._discard()
+            self.abort()
             raise
         self.closed = False
 
     # -- writing -------------------------------------------------------------------------
+
+    @property
+    def _vrt_path(self) -> Path:
+        # Named after the output, like the staging files, so atomic.py removes it with the output's temporary.
+        return self.path.with_name(f"{self.path.name}.stage.vrt")
 
     def _stage_path(self, kind: str) -> Path:
         # Named after the output so that atomic.py removes it with the output's temporary.
@@ -177,14 +182,13 @@ class MaskRasterSink:
     def _describe(self, dst, probability_offset: Optional[int]) -> None:
         dst.update_tags(**self.dataset_tags)
         for band, index in enumerate(self.question_indexes, start=1):
-            question = self.questions[index]
-            dst.set_band_description(band, question)
-            dst.update_tags(band, question=question, kind="mask")
+            kinds = [(band, "mask")]
             if probability_offset is not None:
-                probability_band = band + probability_offset
-                dst.set_band_description(probability_band, f"probability: {question}")
-                dst.update_tags(probability_band, question=question, kind="probability",
-                                scale=f"value / {PROBABILITY_SCALE}")
+                kinds.append((band + probability_offset, "probability"))
+            for number, kind in kinds:
+                description, tags = _band_labels(self.questions[index], kind)
+                dst.set_band_description(number, description)
+                dst.update_tags(number, **tags)
         if probability_offset is not None:
             count = len(self.question_indexes)
             dst.scales = tuple([1.0] * count + [1.0 / PROBABILITY_SCALE] * count)
@@ -243,10 +247,10 @@ class MaskRasterSink:
             if self.cog:
                 self._write_cog()
         except rasterio.errors.RasterioError as error:
-            self._discard()
+            self.abort()
             raise OutputError(f"{self.path}: cannot be written ({first_line(error)})") from None
         except BaseException:
-            self._discard()
+            self.abort()
             raise
         finally:
             self._remove_staged()
@@ -256,9 +260,6 @@ class MaskRasterSink:
     def abort(self) -> None:
         """Close and delete what was written (the caller failed part-way)."""
 
-        self._discard()
-
-    def _discard(self) -> None:
         for name in ("_mask_dst", "_probability_dst"):
             dst = getattr(self, name, None)
             if dst is not None and not dst.closed:
@@ -274,7 +275,7 @@ class MaskRasterSink:
         self.closed = True
 
     def _remove_staged(self) -> None:
-        for path in self._staged + [self.path.with_name(f"{self.path.name}.stage.vrt")]:
+        for path in [*self._staged, self._vrt_path]:
             for candidate in (path, Path(f"{path}.ovr"), Path(f"{path}.aux.xml")):
                 try:
                     os.unlink(candidate)
@@ -292,7 +293,7 @@ class MaskRasterSink:
                 if self._probability_path is not None:
                     with rasterio.open(self._probability_path, "r+") as dst:
                         dst.build_overviews(factors, Resampling.average)
-            vrt = self.path.with_name(f"{self.path.name}.stage.vrt")
+            vrt = self._vrt_path
             vrt.write_text(self._vrt_xml(), encoding="utf-8")
             rasterio.shutil.copy(
                 str(vrt),
@@ -322,11 +323,7 @@ class MaskRasterSink:
         for path, kind in sources:
             for source_band, index in enumerate(self.question_indexes, start=1):
                 band += 1
-                question = self.questions[index]
-                description = question if kind == "mask" else f"probability: {question}"
-                tags = {"question": question, "kind": kind}
-                if kind == "probability":
-                    tags["scale"] = f"value / {PROBABILITY_SCALE}"
+                description, tags = _band_labels(self.questions[index], kind)
                 lines.append(f'  <VRTRasterBand dataType="Byte" band="{band}">')
                 lines.append(f"    <Description>{escape(description)}</Description>")
                 lines.append(f"    <NoDataValue>{NODATA}</NoDataValue>")
@@ -340,6 +337,14 @@ class MaskRasterSink:
                 lines.append("  </VRTRasterBand>")
         lines.append("</VRTDataset>")
         return "\n".join(lines) + "\n"
+
+
+def _band_labels(question: str, kind: str) -> tuple[str, dict[str, str]]:
+    """(description, band tags) of a "mask" or "probability" band answering ``question``."""
+
+    if kind == "mask":
+        return question, {"question": question, "kind": kind}
+    return f"probability: {question}", {"question": question, "kind": kind, "scale": f"value / {PROBABILITY_SCALE}"}
 
 
 def _metadata_xml(tags: Mapping[str, str], indent: str) -> str:
@@ -374,7 +379,10 @@ def overview_factors(width: int, height: int, block: int = BLOCK) -> list[int]:
 # -- COG layout check --------------------------------------------------------------------------
 
 _TAG_NEW_SUBFILE_TYPE = 254
+_TAG_IMAGE_WIDTH = 256
+_TAG_IMAGE_LENGTH = 257
 _TAG_STRIP_OFFSETS = 273
+_TAG_STRIP_BYTE_COUNTS = 279
 _TAG_TILE_WIDTH = 322
 _TAG_TILE_OFFSETS = 324
 _TAG_TILE_BYTE_COUNTS = 325
@@ -415,17 +423,18 @@ def _layout_problems(data) -> list[str]:
         return ["not a TIFF file"]
 
     ifds = []
+    ifd_offsets = []
     while next_ifd:
+        ifd_offsets.append(next_ifd)
         entries, next_ifd = _read_ifd(data, next_ifd, endian, big)
-        ifds.append((entries,))
+        ifds.append(entries)
         if len(ifds) > 64:
             return ["too many IFDs"]
     if not ifds:
         return ["no image directory"]
-    ifd_offsets = _ifd_offsets(data, endian, big)
 
     images = []  # full resolution and reduced-resolution images, mask IFDs excluded
-    for (entries,) in ifds:
+    for entries in ifds:
         subfile = entries.get(_TAG_NEW_SUBFILE_TYPE, [0])[0]
         if subfile & 4:  # transparency mask
             continue
@@ -436,8 +445,8 @@ def _layout_problems(data) -> list[str]:
     if _TAG_TILE_WIDTH not in main:
         problems.append("the main image is not tiled")
     overviews = [entries for subfile, entries in images[1:] if subfile & 1]
-    width = main.get(256, [0])[0]
-    height = main.get(257, [0])[0]
+    width = main.get(_TAG_IMAGE_WIDTH, [0])[0]
+    height = main.get(_TAG_IMAGE_LENGTH, [0])[0]
     tile = main.get(_TAG_TILE_WIDTH, [0])[0]
     if tile and max(width, height) > tile and not overviews:
         problems.append("no overviews although the image is larger than one tile")
@@ -445,13 +454,13 @@ def _layout_problems(data) -> list[str]:
     for level, entries in enumerate(overviews, start=1):
         if _TAG_TILE_WIDTH not in entries:
             problems.append(f"overview {level} is not tiled")
-        level_width = entries.get(256, [0])[0]
+        level_width = entries.get(_TAG_IMAGE_WIDTH, [0])[0]
         if level_width > previous_width:
             problems.append(f"overview {level} is larger than the level before it")
         previous_width = level_width
 
     first_data = min(
-        (offset for (entries,) in ifds for offset, size in _data_blocks(entries) if size > 0), default=None
+        (offset for entries in ifds for offset, size in _data_blocks(entries) if size > 0), default=None
     )
     if first_data is not None and max(ifd_offsets) > first_data:
         problems.append("an IFD is stored after image data (IFDs must all come first)")
@@ -472,10 +481,14 @@ def _layout_problems(data) -> list[str]:
 
 def _data_blocks(entries) -> list[tuple[int, int]]:
     offsets = entries.get(_TAG_TILE_OFFSETS) or entries.get(_TAG_STRIP_OFFSETS) or []
-    sizes = entries.get(_TAG_TILE_BYTE_COUNTS) or entries.get(279) or []
+    sizes = entries.get(_TAG_TILE_BYTE_COUNTS) or entries.get(_TAG_STRIP_BYTE_COUNTS) or []
     return list(zip(offsets, sizes))
 
 
+_TAGS_READ = frozenset((
+    _TAG_NEW_SUBFILE_TYPE, _TAG_IMAGE_WIDTH, _TAG_IMAGE_LENGTH, _TAG_STRIP_OFFSETS, _TAG_STRIP_BYTE_COUNTS,
+    _TAG_TILE_WIDTH, _TAG_TILE_OFFSETS, _TAG_TILE_BYTE_COUNTS,
+))
 _TYPE_FORMATS = {1: "B", 3: "H", 4: "I", 16: "Q", 2: "B", 7: "B", 6: "b", 8: "h", 9: "i", 17: "q", 11: "f", 12: "d"}
 
 
@@ -495,8 +508,7 @@ def _read_ifd(data: bytes, offset: int, endian: str, big: bool):
             value_position = position + 8
             inline = 4
         fmt = _TYPE_FORMATS.get(kind)
-        if fmt is not None and tag in (256, 257, _TAG_NEW_SUBFILE_TYPE, _TAG_STRIP_OFFSETS, 279, _TAG_TILE_WIDTH,
-                                       _TAG_TILE_OFFSETS, _TAG_TILE_BYTE_COUNTS):
+        if fmt is not None and tag in _TAGS_READ:
             size = struct.calcsize(fmt) * n
             where = value_position
             if size > inline:
@@ -506,14 +518,3 @@ def _read_ifd(data: bytes, offset: int, endian: str, big: bool):
     (next_ifd,) = struct.unpack_from(endian + offset_format, data, position)
     return entries, next_ifd
 
-
-def _ifd_offsets(data: bytes, endian: str, big: bool) -> list[int]:
-    offsets = []
-    next_ifd = struct.unpack(endian + ("Q" if big else "I"), data[8:16] if big else data[4:8])[0]
-    count_format, entry_size, offset_format = ("Q", 20, "Q") if big else ("H", 12, "I")
-    while next_ifd and len(offsets) <= 64:
-        offsets.append(next_ifd)
-        (count,) = struct.unpack_from(endian + count_format, data, next_ifd)
-        position = next_ifd + struct.calcsize(count_format) + count * entry_size
-        (next_ifd,) = struct.unpack_from(endian + offset_format, data, position)
-    return offsets

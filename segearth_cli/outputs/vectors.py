@@ -85,8 +85,7 @@ class _Group:
 class _ComponentTracker:
     """Streaming polygonizer for one question's mask; see the module docstring."""
 
-    def __init__(self, width: int):
-        self.width = width
+    def __init__(self) -> None:
         self._open: dict[int, _Group] = {}
         self._border: Optional[np.ndarray] = None  # group id per column of the last row fed
         self._next_row = 0
@@ -97,10 +96,10 @@ class _ComponentTracker:
 
         finished: list[_Group] = []
         if row_off != self._next_row:  # a gap: nothing can connect across it
-            finished.extend(self._close_all())
+            finished.extend(self.close())
         self._next_row = row_off + mask.shape[0]
         if not mask.any():
-            finished.extend(self._close_all())
+            finished.extend(self.close())
             return finished
 
         count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
@@ -174,9 +173,7 @@ class _ComponentTracker:
         return finished
 
     def close(self) -> list[_Group]:
-        return self._close_all()
-
-    def _close_all(self) -> list[_Group]:
+        """Every group still open: nothing below can join them any more."""
         finished = list(self._open.values())
         self._open = {}
         self._border = None
@@ -296,7 +293,7 @@ class _Geodesy:
     """Areas and metric tolerances for one scene CRS (see the module docstring)."""
 
     def __init__(self, crs, transform: Affine, width: int, height: int):
-        self.crs = pyproj.CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+        self.crs = _pyproj_crs(crs)
         self.unit_factor = _linear_unit_factor(self.crs)
         self.geodesic = self.crs.is_geographic
         self.geod: Optional[pyproj.Geod] = None
@@ -317,6 +314,8 @@ class _Geodesy:
                 pass
         if self.geodesic and self.geod is None:
             self.geodesic = False
+        # Coordinates already lon/lat degrees on the CRS's own datum need no transformation.
+        self._native_degrees = self.crs.is_geographic and self.crs == geodetic and _is_degree(self.crs)
         self._local_projections: dict[tuple[float, float], tuple[pyproj.Transformer, pyproj.Transformer]] = {}
 
     def areas(self, geometries: np.ndarray) -> np.ndarray:
@@ -326,10 +325,6 @@ class _Geodesy:
             return shapely.area(geometries) * self.unit_factor**2
         lonlat = shapely.segmentize(self._to_degrees(geometries), _GEODESIC_SEGMENT_DEG)
         return np.array([abs(self.geod.geometry_area_perimeter(g)[0]) for g in lonlat])
-
-    @property
-    def _native_degrees(self) -> bool:
-        return self.crs.is_geographic and self.crs == self.crs.geodetic_crs and _is_degree(self.crs)
 
     def _to_degrees(self, geometries: np.ndarray) -> np.ndarray:
         if self._native_degrees:
@@ -374,6 +369,11 @@ class _Geodesy:
                 pyproj.Transformer.from_crs(local, geodetic, always_xy=True),
             )
         return self._local_projections[key]
+
+
+def _pyproj_crs(crs) -> pyproj.CRS:
+    """pyproj's view of a rasterio CRS (through WKT) or of anything pyproj accepts."""
+    return pyproj.CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
 
 
 def _pyproj_function(transformer: pyproj.Transformer):
@@ -460,7 +460,7 @@ class VectorSink:
             )
         self.transform = Affine(*tuple(scene.transform)[:6]) if self.has_grid else Affine.identity()
         self.geodesy = _Geodesy(scene.crs, self.transform, scene.width, scene.height) if self.has_crs else None
-        self._trackers = {index: _ComponentTracker(scene.width) for index in self.question_indexes}
+        self._trackers = {index: _ComponentTracker() for index in self.question_indexes}
         self._batches: dict[int, list[_Batch]] = {index: [] for index in self.question_indexes}
         self.closed = False
 
@@ -536,8 +536,7 @@ class VectorSink:
             columns[name] = [value] * rows
         geometry = shapely.from_wkb(np.array(wkb, dtype=object)) if rows else np.array([], dtype=object)
         crs = None if (self.pixel_coordinates or not self.has_crs) else _crs_for_output(self.scene.crs)
-        frame = geopandas.GeoDataFrame(_typed_columns(columns, rows), geometry=geopandas.GeoSeries(geometry, crs=crs))
-        return frame
+        return geopandas.GeoDataFrame(_typed_columns(columns, rows), geometry=geopandas.GeoSeries(geometry, crs=crs))
 
     def write_gpkg(self, path) -> None:
         import geopandas
@@ -638,7 +637,7 @@ def to_rfc7946(geometries: np.ndarray, crs, transform: Optional[Affine] = None) 
 
     if len(geometries) == 0:
         return np.array([], dtype=object)
-    source = pyproj.CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+    source = _pyproj_crs(crs)
     if transform is not None:
         pixel = math.hypot(transform.a, transform.d)
         geometries = shapely.segmentize(geometries, 64 * pixel)
