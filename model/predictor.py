@@ -2,7 +2,8 @@
 
 Per call: the image encoder, projector and pixel decoder run once per window; the prompt
 text before the image runs once per predictor (it never changes); the prompt up to the
-question runs once per window; the questions of all windows then run together.
+question runs once per window, in the same pass as the first question; the other questions
+of all windows then run together.
 """
 
 from __future__ import annotations
