@@ -65,7 +65,7 @@ def main() -> None:
         path=Path("generated.tif"), width=size, height=size, count=3, dtype="uint8",
         crs=CRS.from_epsg(32633), transform=Affine(0.5, 0, 400000, 0, -0.5, 5000000),
         georeferencing="transform", warped=False, bands=(1, 2, 3), colour="rgb", stretch=None,
-        nodata=None, validity="none", overviews=(),
+        nodata=None, validity="none",
     )
     sink = VectorSink(scene, ["generated blobs"], [0], 0.5, attributes={"scene": "generated.tif", "model": "bench"})
     blobs = make_blobs(size, args.cells)

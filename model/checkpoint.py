@@ -200,7 +200,7 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None
     try:
         return _DTYPE_NAMES[str(dtype).lower()]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; expected auto, fp32, bf16 or fp16") from None
+        raise ValueError(f"unknown dtype {dtype!r}; expected auto, float32, bfloat16 or float16") from None
 
 
 # ----------------------------------------------------------------------------------------

@@ -297,7 +297,6 @@ class MSDeformAttnPixelDecoder(nn.Module):
         super().__init__()
         if len(in_channels) != 4:
             raise ValueError(f"pixel decoder expects channels of res2..res5, got {list(in_channels)}")
-        self.config = config
         conv_dim, groups = config.conv_dim, config.group_norm_groups
         # Encoder inputs, lowest resolution first: res5, res4, res3.
         encoder_channels = list(in_channels[1:])[::-1]

@@ -99,8 +99,6 @@ class Scene:
     nodata: Optional[tuple[Optional[float], ...]]
     #: What marks pixels invalid: "none", "nodata", "mask" (internal/external/per-dataset) or "alpha".
     validity: str
-    #: Decimation factors of the file's internal or external overviews.
-    overviews: tuple[int, ...]
 
     @property
     def georeferenced(self) -> bool:
@@ -189,10 +187,6 @@ class SceneReader:
             if colour != "palette" and dtype != np.uint8:
                 stretch = self._remembered_stretch()
             self._stretch = stretch
-            try:
-                overviews = tuple(self._file.overviews(self._bands[0]))
-            except _READ_ERRORS:
-                overviews = ()
             nodata = None
             if any(v is not None for v in self._nodata):
                 nodata = tuple(None if v is None else float(v) for v in self._nodata)
@@ -211,7 +205,6 @@ class SceneReader:
                 stretch=stretch,
                 nodata=nodata,
                 validity=self._validity,
-                overviews=overviews,
             )
 
     def _georeference(self, src):

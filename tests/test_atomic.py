@@ -35,7 +35,7 @@ def make_scene(width=600, height=700):
     return Scene(
         path=Path("scene.tif"), width=width, height=height, count=3, dtype="uint8", crs=CRS.from_epsg(32631),
         transform=Affine(2.0, 0, 500000, 0, -2.0, 4000000), georeferencing="transform", warped=False,
-        bands=(1, 2, 3), colour="rgb", stretch=None, nodata=None, validity="none", overviews=(),
+        bands=(1, 2, 3), colour="rgb", stretch=None, nodata=None, validity="none",
     )
 
 

@@ -19,7 +19,7 @@ def make_scene(width, height):
     return Scene(
         path=Path("scene.tif"), width=width, height=height, count=3, dtype="uint8", crs=CRS.from_epsg(32631),
         transform=Affine(1.0, 0, 0, 0, -1.0, 0), georeferencing="transform", warped=False, bands=(1, 2, 3),
-        colour="rgb", stretch=None, nodata=None, validity="none", overviews=(),
+        colour="rgb", stretch=None, nodata=None, validity="none",
     )
 
 

@@ -29,7 +29,7 @@ def make_scene(width, height, crs="EPSG:32631", transform=UTM, georeferencing="t
     return Scene(
         path=Path("scene.tif"), width=width, height=height, count=3, dtype="uint8",
         crs=CRS.from_user_input(crs) if crs else None, transform=transform, georeferencing=georeferencing,
-        warped=False, bands=(1, 2, 3), colour="rgb", stretch=None, nodata=None, validity="none", overviews=(),
+        warped=False, bands=(1, 2, 3), colour="rgb", stretch=None, nodata=None, validity="none",
     )
 
 
