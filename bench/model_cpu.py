@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TOKENIZER = REPO.parent / "shared" / "conformance" / "phi15_tokenizer"
@@ -52,16 +55,39 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
+def write_safetensors(path: Path, specs: list, produce: Callable) -> None:
+    """Write a safetensors file tensor by tensor, so only one tensor is ever held in memory.
+
+    ``specs`` is a list of (key, torch dtype, shape) that fixes the header up front;
+    ``produce(key)`` returns that tensor. The library's writer wants every tensor at once:
+    3.2 GB for the full-size model.
+    """
+    import torch
+
+    names = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.int64: "I64"}
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for key, dtype, shape in specs:
+        nbytes = math.prod(shape) * dtype.itemsize
+        header[key] = {"dtype": names[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # keeps tensor data 8-byte aligned, as the reference writer does
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(encoded)))
+        handle.write(encoded)
+        for key, dtype, shape in specs:
+            tensor = produce(key)
+            if tensor.dtype != dtype or list(tensor.shape) != list(shape):
+                raise ValueError(f"{key}: produced {tensor.dtype} {list(tensor.shape)}, header says {dtype} {list(shape)}")
+            handle.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
+
+
 def write_release(directory: Path, tokenizer_dir: Path, seed: int) -> None:
     import torch
 
-    from segearth_model.checkpoint import (
-        build_empty_model,
-        checkpoint_config_json,
-        release_layout_shapes,
-        write_generation_config,
-        write_safetensors,
-    )
+    from segearth_model.build import build_empty_model, release_layout_shapes
+    from segearth_model.checkpoint_config import checkpoint_config_json
     from segearth_model.config import SegEarthR1Config
     from segearth_model.tiny_random import parameter_owners, seeded_value
 
@@ -91,7 +117,6 @@ def write_release(directory: Path, tokenizer_dir: Path, seed: int) -> None:
     specs = [(key, torch.bfloat16 if dtype.is_floating_point else dtype, shape) for key, (shape, dtype) in shapes.items()]
     write_safetensors(directory / "model.safetensors", specs, produce)
     (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-    write_generation_config(directory)
     copied = 0
     for name in TOKENIZER_FILES:
         if (tokenizer_dir / name).is_file():

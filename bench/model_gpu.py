@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from segearth_model.checkpoint import build_empty_model, materialize, resolve_dtype
+from segearth_model.build import build_empty_model, materialize
 from segearth_model.config import SegEarthR1Config
+from segearth_model.device import resolve_dtype
 from segearth_model.predictor import MaskPredictor
 from segearth_model.tiny_random import build_tiny_tokenizer, random_state_dict
 

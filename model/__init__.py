@@ -1,7 +1,8 @@
 """SegEarth-R1 in plain PyTorch.
 
 Importing the package is cheap: the network, the loader and transformers are imported
-on first use of the names below.
+on first use of the names below. :mod:`.names`, :mod:`.errors`, :mod:`.precision` and
+:mod:`.hub` never import torch.
 """
 
 from __future__ import annotations
@@ -12,32 +13,24 @@ from typing import TYPE_CHECKING, Any
 from .config import SegEarthR1Config
 
 _LAZY = {
-    "load_pretrained": "checkpoint",
-    "ModelLoadError": "checkpoint",
-    "CheckpointError": "checkpoint",
-    "ModelNotAvailableError": "checkpoint",
-    "convert_checkpoint_state_dict": "checkpoint",
-    "save_release_layout": "checkpoint",
+    "load_pretrained": "loading",
+    "ModelLoadError": "errors",
+    "CheckpointError": "errors",
+    "ModelNotAvailableError": "errors",
     "SegEarthR1": "segearth_r1",
     "MaskPredictor": "predictor",
-    "TINY_RANDOM": "tiny_random",
-    "PLACEHOLDER_NOTICE": "tiny_random",
+    "TINY_RANDOM": "names",
+    "PLACEHOLDER_NOTICE": "names",
 }
 
 __all__ = ["SegEarthR1Config", *_LAZY]
 
 if TYPE_CHECKING:
-    from .checkpoint import (
-        CheckpointError,
-        ModelLoadError,
-        ModelNotAvailableError,
-        convert_checkpoint_state_dict,
-        load_pretrained,
-        save_release_layout,
-    )
+    from .errors import CheckpointError, ModelLoadError, ModelNotAvailableError
+    from .loading import load_pretrained
+    from .names import PLACEHOLDER_NOTICE, TINY_RANDOM
     from .predictor import MaskPredictor
     from .segearth_r1 import SegEarthR1
-    from .tiny_random import PLACEHOLDER_NOTICE, TINY_RANDOM
 
 
 def __getattr__(name: str) -> Any:

@@ -3,7 +3,8 @@
 Per call: the image encoder, projector and pixel decoder run once per window; the prompt
 text before the image runs once per predictor (it never changes); the prompt up to the
 question runs once per window, in the same pass as the first question; the other questions
-of all windows then run together.
+of all windows then run together. ``predict_pairs`` asks one question per window instead, all
+windows in one pass.
 """
 
 from __future__ import annotations
@@ -99,4 +100,22 @@ class MaskPredictor:
             logits = self.model.mask_logits(
                 features, question_ids, self.prompt, head=self._prompt_head(), max_rows=self.max_rows
             )
+        return logits.float().cpu()
+
+    def predict_pairs(self, images: torch.Tensor, questions: Sequence[str]) -> torch.Tensor:
+        """Mask logits (B, S, S): ``questions[i]`` asked of ``images[i]`` only, all in one pass.
+
+        Same inputs and output conventions as :meth:`predict`, with exactly one question per image.
+        """
+        with torch.inference_mode():
+            pixel_values = self.normalize(images)
+            if len(questions) != pixel_values.shape[0]:
+                raise ValueError(
+                    f"{len(questions)} questions for {pixel_values.shape[0]} images; pairs need exactly one question per image"
+                )
+            if pixel_values.shape[0] == 0:
+                return torch.zeros((0, self.input_size, self.input_size))
+            question_ids = tokenize_questions(self.tokenizer, questions, self.model.config.seg_token_id)
+            features = self.model.encode_windows(pixel_values)
+            logits = self.model.pair_mask_logits(features, question_ids, self.prompt, head=self._prompt_head())
         return logits.float().cpu()

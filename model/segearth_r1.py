@@ -9,7 +9,8 @@ Data flow for B windows and M questions:
 3. ``mask_logits``: visual tokens + prompt text up to the question, once per window, in
    the same pass as the first question; every other (window, question) pair continues
    that prefix with ``" " + question + [SEG]``. Each span is mean-pooled and projected to
-   one decoder query.
+   one decoder query. ``pair_mask_logits`` asks one question per window, each in its
+   window's prefix pass.
 4. ``decode_masks``: the mask decoder refines each query against its window's features;
    its S/4 output is upsampled bilinearly to S.
 
@@ -136,13 +137,18 @@ class SegEarthR1(nn.Module):
         """Keys/values of the prompt text before the image (batch 1, shared by all windows)."""
         return self.model.run_after_prefix(self._embed(prompt.head_ids))[1]
 
-    def _question_batch(self, question_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded ids (M, L) and lengths (M,)."""
+    def _question_batch(
+        self, question_ids: Sequence[Sequence[int]], prefix_length: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ids (M, L) and lengths (M,) of questions read after ``prefix_length`` tokens."""
         if len(question_ids) == 0:
             raise ValueError("no question given")
         lengths = [len(q) for q in question_ids]
         if min(lengths) == 0:
             raise ValueError("empty question token list")
+        room = self.config.language.max_position_embeddings - prefix_length
+        if max(lengths) > room:
+            raise PromptError(f"a question is {max(lengths)} tokens long; at most {room} fit after the prompt")
         padded = torch.full((len(question_ids), max(lengths)), self.config.pad_token_id, dtype=torch.long)
         for row, ids in enumerate(question_ids):
             padded[row, : len(ids)] = torch.tensor(list(ids), dtype=torch.long)
@@ -186,6 +192,32 @@ class SegEarthR1(nn.Module):
         """Mask logits (B, M, S/4, S/4) of queries (B, M, hidden_dim), each independent of the others."""
         return self.predictor(list(features.multi_scale_features), features.mask_features, queries)
 
+    def _prefix_length(self, prompt: PromptTokens, head: PrefixState, features: WindowFeatures) -> int:
+        return head.length + features.visual_tokens.shape[1] + len(prompt.tail_ids)
+
+    def _queries_with_prefix(
+        self, features: WindowFeatures, prompt: PromptTokens, head: PrefixState, question_rows: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, PrefixState]:
+        """Queries (B, 1, hidden_dim) of question row ``i`` (right-padded ids) asked of window
+        ``i``, read in the same pass as the window's prefix; and the keys/values of that pass.
+
+        On a CPU every pass reads all language-model weights, so running a question together
+        with its window's prefix instead of after it halves the cost of a single question.
+        """
+        batch = features.batch_size
+        width = question_rows.shape[1]
+        tail = self._embed(prompt.tail_ids).expand(batch, -1, -1)
+        questions = self.model.embed_tokens(question_rows)
+        hidden, state = self.model.run_after_prefix(torch.cat([features.visual_tokens, tail, questions], dim=1), head)
+        windows = torch.arange(batch, device=self.device)
+        queries = self._queries_from_hidden(features, windows, hidden[:, -width:], lengths)
+        return queries.view(batch, 1, -1), state
+
+    def _upsampled_masks(self, features: WindowFeatures, queries: torch.Tensor) -> torch.Tensor:
+        masks = self.decode_masks(features, queries)
+        size = self.config.image_size
+        return F.interpolate(masks, size=(size, size), mode="bilinear", align_corners=False)
+
     def mask_logits(
         self,
         features: WindowFeatures,
@@ -203,45 +235,50 @@ class SegEarthR1(nn.Module):
         memory taken by the copied prefix keys/values.
         """
         batch = features.batch_size
-        padded, lengths = self._question_batch(question_ids)
-        count = padded.shape[0]
         if head is None:
             head = self.encode_prompt_head(prompt)
-        prefix_length = head.length + features.visual_tokens.shape[1] + len(prompt.tail_ids)
-        room = self.config.language.max_position_embeddings - prefix_length
-        if padded.shape[1] > room:
-            raise PromptError(
-                f"a question is {padded.shape[1]} tokens long; at most {room} fit after the prompt"
-            )
-        # The first question rides along with the window's prefix: on a CPU every pass reads
-        # all language-model weights, so one pass instead of two halves the cost of the
-        # common single-question call. Its keys/values, cut back to the prefix, serve the rest.
+        prefix_length = self._prefix_length(prompt, head, features)
+        padded, lengths = self._question_batch(question_ids, prefix_length)
+        count = padded.shape[0]
+        # The first question rides along with every window's prefix; the keys/values of that
+        # pass, cut back to the prefix, serve the other questions.
         first_length = int(lengths[0])
-        tail = self._embed(prompt.tail_ids).expand(batch, -1, -1)
-        first = self.model.embed_tokens(padded[:1, :first_length]).expand(batch, -1, -1)
-        hidden, state = self.model.run_after_prefix(torch.cat([features.visual_tokens, tail, first], dim=1), head)
-        all_windows = torch.arange(batch, device=self.device)
-        first_queries = self._queries_from_hidden(
-            features, all_windows, hidden[:, -first_length:], lengths[:1].expand(batch)
-        ).view(batch, 1, -1)
+        first_queries, state = self._queries_with_prefix(
+            features, prompt, head, padded[:1, :first_length].expand(batch, -1), lengths[:1].expand(batch)
+        )
         if count == 1:
-            queries = first_queries
-        else:
-            prefix = state.truncated(prefix_length)
-            others = count - 1
-            windows = all_windows.repeat_interleave(others)
-            questions = torch.arange(1, count, device=self.device).repeat(batch)
-            step = max_rows or windows.numel()
-            chunks = []
-            for start in range(0, windows.numel(), step):
-                w, q = windows[start : start + step], questions[start : start + step]
-                # Trim padding that no row of this chunk needs.
-                width = int(lengths[q].max())
-                chunks.append(self.question_queries(features, prefix, w, padded[q, :width], lengths[q]))
-            queries = torch.cat([first_queries, torch.cat(chunks).view(batch, others, -1)], dim=1)
-        masks = self.decode_masks(features, queries)
-        size = self.config.image_size
-        return F.interpolate(masks, size=(size, size), mode="bilinear", align_corners=False)
+            return self._upsampled_masks(features, first_queries)
+        prefix = state.truncated(prefix_length)
+        others = count - 1
+        windows = torch.arange(batch, device=self.device).repeat_interleave(others)
+        questions = torch.arange(1, count, device=self.device).repeat(batch)
+        step = max_rows or windows.numel()
+        chunks = []
+        for start in range(0, windows.numel(), step):
+            w, q = windows[start : start + step], questions[start : start + step]
+            # Trim padding that no row of this chunk needs.
+            width = int(lengths[q].max())
+            chunks.append(self.question_queries(features, prefix, w, padded[q, :width], lengths[q]))
+        queries = torch.cat([first_queries, torch.cat(chunks).view(batch, others, -1)], dim=1)
+        return self._upsampled_masks(features, queries)
+
+    def pair_mask_logits(
+        self,
+        features: WindowFeatures,
+        question_ids: Sequence[Sequence[int]],
+        prompt: PromptTokens,
+        *,
+        head: PrefixState | None = None,
+    ) -> torch.Tensor:
+        """Mask logits (B, S, S) of question ``question_ids[i]`` asked of window ``i`` only: one
+        language-model pass, each question riding along with its window's prefix."""
+        if len(question_ids) != features.batch_size:
+            raise ValueError(f"{len(question_ids)} questions for {features.batch_size} windows; pairs need one each")
+        if head is None:
+            head = self.encode_prompt_head(prompt)
+        padded, lengths = self._question_batch(question_ids, self._prefix_length(prompt, head, features))
+        queries, _ = self._queries_with_prefix(features, prompt, head, padded, lengths)
+        return self._upsampled_masks(features, queries)[:, 0]
 
     def forward(
         self, pixel_values: torch.Tensor, question_ids: Sequence[Sequence[int]], prompt: PromptTokens

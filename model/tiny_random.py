@@ -12,10 +12,11 @@ import math
 import torch
 from torch import nn
 
+from .build import build_empty_model, materialize
 from .config import SegEarthR1Config
+from .names import PLACEHOLDER_NOTICE, TINY_RANDOM
+from .state_dict import to_release_state_dict
 
-TINY_RANDOM = "tiny-random"
-PLACEHOLDER_NOTICE = "tiny-random: random weights, answers are meaningless"
 SEED = 20250101
 
 # Words the tiny tokenizer learns its merges from: the prompt template and a remote-sensing
@@ -125,8 +126,6 @@ def build_tiny_random(
     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, official_numerics: bool = False
 ):
     """(model, tokenizer) of ``tiny-random``; the model is flagged ``is_placeholder``."""
-    from .checkpoint import build_empty_model, materialize, to_release_state_dict
-
     tokenizer = build_tiny_tokenizer()
     config = SegEarthR1Config.tiny()
     if tokenizer.pad_token_id != config.pad_token_id or tokenizer.convert_tokens_to_ids("[SEG]") != config.seg_token_id:

@@ -11,22 +11,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from segearth_model.checkpoint import (
-    CheckpointError,
-    UNUSED_AT_INFERENCE,
-    ModelNotAvailableError,
-    build_empty_model,
-    check_keys,
-    convert_checkpoint_state_dict,
-    index_checkpoint,
-    load_pretrained,
-    release_layout_shapes,
-    resolve_dtype,
-    save_release_layout,
-    to_release_state_dict,
-)
+from release_layout import save_release_layout
+from segearth_model.build import build_empty_model, release_layout_shapes
 from segearth_model.config import SegEarthR1Config
+from segearth_model.device import resolve_dtype
+from segearth_model.errors import CheckpointError, ModelNotAvailableError
+from segearth_model.loading import load_pretrained
+from segearth_model.state_dict import UNUSED_AT_INFERENCE, convert_checkpoint_state_dict, to_release_state_dict
 from segearth_model.tiny_random import build_tiny_random, build_tiny_tokenizer
+from segearth_model.weights import check_keys, index_checkpoint
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CONFORMANCE = SHARED / "conformance"

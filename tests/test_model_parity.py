@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from segearth_model.checkpoint import convert_checkpoint_state_dict
 from segearth_model.config import SegEarthR1Config
 from segearth_model.description import mean_over_spans
 from segearth_model.predictor import MaskPredictor
 from segearth_model.prompt import PromptTokens
 from segearth_model.segearth_r1 import SegEarthR1
+from segearth_model.state_dict import convert_checkpoint_state_dict
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CONFORMANCE = SHARED / "conformance"

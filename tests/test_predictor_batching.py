@@ -212,3 +212,42 @@ def test_question_longer_than_the_position_table_is_rejected(tiny, windows):
     predictor = MaskPredictor(model, tokenizer)
     with pytest.raises(PromptError, match="fit after the prompt"):
         predictor.predict(windows[:1], ["runway " * 2100])
+
+
+def test_pairs_equal_each_window_asked_its_own_question_alone(tiny, windows):
+    model, tokenizer = tiny
+    predictor = MaskPredictor(model, tokenizer)
+    three = torch.cat([windows, windows[:1].flip(-1)])
+    # Questions of different token lengths, so the pairs pass pads some rows.
+    logits = predictor.predict_pairs(three, QUESTIONS)
+    assert logits.shape == (3, 256, 256) and logits.dtype == torch.float32
+    for b, question in enumerate(QUESTIONS):
+        alone = predictor.predict(three[b : b + 1], [question])[0, 0]
+        assert (logits[b] - alone).abs().max().item() <= TOL, b
+        (uncached,) = reference_logits(predictor, three[b], [question])
+        assert (logits[b] - uncached).abs().max().item() <= TOL, b
+
+
+def test_pairs_run_the_language_model_once_for_all_windows(tiny, windows):
+    model, tokenizer = tiny
+    predictor = MaskPredictor(model, tokenizer)
+    predictor.predict_pairs(windows, QUESTIONS[:2])  # the prompt head is cached from here on
+    language = CallCounter(model.model)
+    vision = CallCounter(model.model.vision_tower)
+    try:
+        predictor.predict_pairs(windows, QUESTIONS[1:])
+    finally:
+        language.close()
+        vision.close()
+    assert len(language.batches) == 1
+    assert vision.batches == [2]
+
+
+def test_pairs_need_one_question_per_window(tiny, windows):
+    model, tokenizer = tiny
+    predictor = MaskPredictor(model, tokenizer)
+    with pytest.raises(ValueError, match="3 questions for 2 images"):
+        predictor.predict_pairs(windows, QUESTIONS)
+    with pytest.raises(PromptError, match="fit after the prompt"):
+        predictor.predict_pairs(windows[:1], ["runway " * 2100])
+    assert predictor.predict_pairs(windows[:0], []).shape == (0, 256, 256)

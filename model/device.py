@@ -1,0 +1,60 @@
+"""Where the network runs and in which precision: device and dtype names -> torch objects."""
+
+from __future__ import annotations
+
+import torch
+
+from .precision import AUTO, check_device_spelling, check_dtype_spelling
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def resolve_device(device: str | torch.device = AUTO) -> torch.device:
+    """``"auto"`` picks cuda, then mps, then cpu; otherwise one of the spellings of :mod:`.precision`."""
+    if isinstance(device, torch.device):
+        return device
+    spelling = check_device_spelling(device)
+    if spelling == AUTO:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    resolved = torch.device(spelling)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but this torch build sees no CUDA device")
+    if resolved.type == "mps" and not _mps_available():
+        raise ValueError(f"device {device!r} requested but MPS is not available")
+    return resolved
+
+
+def _supports_bfloat16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "mps":
+        try:
+            torch.ones(1, dtype=torch.bfloat16, device=device)
+        except (RuntimeError, TypeError):
+            return False
+        return True
+    return False
+
+
+def resolve_dtype(
+    dtype: str | torch.dtype = AUTO, device: torch.device | None = None, *, official_numerics: bool = False
+) -> torch.dtype:
+    """``"auto"``: bfloat16 on a GPU that has it, float32 otherwise (and always float32 for official numerics)."""
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype {dtype} is not a floating-point type")
+        return dtype
+    name = check_dtype_spelling(dtype)
+    if name != AUTO:
+        return getattr(torch, name)
+    if official_numerics:
+        # The official evaluation computes in float32.
+        return torch.float32
+    return torch.bfloat16 if device is not None and _supports_bfloat16(device) else torch.float32
