@@ -20,6 +20,7 @@ Figures only; nothing here asserts a timing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import subprocess
@@ -63,6 +64,7 @@ def generate_scene(path: Path, size: int) -> None:
 def measure(scene_path: str, write: bool, out_dir: str, prefetch: bool = False) -> dict:
     """One run in this process: returns seconds, megapixels, Mpx/s and peak RSS."""
     sys.path.insert(0, str(REPO))
+    from read_ahead import ReadAhead
     from segearth_cli.scene import open_scene
     from segearth_cli.segmenter import ConstantSegmenter
     from segearth_cli.stitch import stream_row_blocks
@@ -87,12 +89,12 @@ def measure(scene_path: str, write: bool, out_dir: str, prefetch: bool = False) 
 
             sink = MaskRasterSink(Path(out_dir) / "mask.tif", scene, ["bench"], threshold=0.5)
         rows = 0
-        for block in stream_row_blocks(
-            reader, plan, segmenter, ["bench"], batch_size=4, on_window=count, prefetch=prefetch
-        ):
-            rows += block.height
-            if sink is not None:
-                sink.write(block)
+        with contextlib.ExitStack() as stack:
+            source = stack.enter_context(ReadAhead(reader, plan.windows)) if prefetch else reader
+            for block in stream_row_blocks(source, plan, segmenter, ["bench"], batch_size=4, on_window=count):
+                rows += block.height
+                if sink is not None:
+                    sink.write(block)
         if sink is not None:
             sink.close()
     seconds = time.perf_counter() - start

@@ -9,19 +9,31 @@ leaves hidden temporaries that never sit at a target path and that
 Temporary names look like ``.<name>.segearth-<pid>-<random>.tmp<ext>``: the real extension
 is kept so that GDAL and OGR pick the right driver from the name, and the pid lets a later
 run tell an abandoned temporary from one a live run is still writing.
+
+Nothing here needs a POSIX system to be imported: output locks use ``fcntl`` where it exists
+and ``msvcrt`` on Windows.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import secrets
+import time
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Iterable
 
 from .errors import OutputError, UsageError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+try:
+    import msvcrt
+except ImportError:  # everywhere but Windows
+    msvcrt = None
 
 _TEMP_MARK = re.compile(r"^\..*\.segearth-(?P<pid>\d+)-(?P<token>[0-9a-z]+)\.tmp")
 
@@ -59,6 +71,10 @@ def temp_name_for(target: Path, pid: int | None = None) -> Path:
 
 
 def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":
+        # Signal 0 is CTRL_C_EVENT on Windows: probing would interrupt the other process.
+        # Keeping a dead run's temporaries only costs disk space until someone removes them.
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -92,6 +108,30 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
             continue
         removed.append(Path(entry.path))
     return removed
+
+
+def write_atomically(path: str | os.PathLike, content: bytes | str) -> None:
+    """Write a small file whole or not at all: a hidden temporary beside it, then a rename.
+
+    Text is written as UTF-8. Raises OutputError (exit code 5) naming ``path`` when the
+    folder cannot be written; the temporary is gone then. A SIGKILLed writer leaves a
+    temporary that ``remove_stale_temps`` recognises.
+    """
+
+    path = Path(path)
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    temp = temp_name_for(path)
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException as error:
+        _remove_quietly(temp)
+        if isinstance(error, OSError):
+            raise OutputError(f"{path}: cannot be written ({error.strerror or error})") from None
+        raise
 
 
 def check_target_writable(target: Path, overwrite: bool) -> None:
@@ -229,7 +269,9 @@ class OutputLock:
     hold a lock on an unlinked inode while a newcomer locks a fresh file. So the holder
     unlinks while still holding the lock, and every acquirer checks, once locked, that the
     path still names the inode it locked, and starts over when it does not. (filelock keeps
-    its lock files forever for this reason, which would litter output folders.)
+    its lock files forever for this reason, which would litter output folders.) Windows
+    cannot delete a file anyone holds open, so there the holder deletes it after closing,
+    which fails harmlessly while a waiter has it open.
     """
 
     def __init__(self, path: str | os.PathLike, wait: bool = False):
@@ -241,42 +283,47 @@ class OutputLock:
     def acquire(self) -> "OutputLock":
         if self._fd is not None:
             return self
-        flags = fcntl.LOCK_EX if self.wait else fcntl.LOCK_EX | fcntl.LOCK_NB
+        if fcntl is None and msvcrt is None:
+            raise OutputError(f"{self.path}: this system offers no file locks (neither fcntl nor msvcrt)")
         while True:
             try:
                 fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
             except OSError as error:
                 raise OutputError(f"{self.path}: cannot create lock {self.lock_path} ({error.strerror or error})") from None
             try:
-                fcntl.flock(fd, flags)
-            except BlockingIOError:
-                os.close(fd)
-                raise OutputError(f"{self.path}: another segearth run is writing it (lock {self.lock_path.name})") from None
+                locked = _lock_file(fd, self.wait)
             except BaseException:
                 os.close(fd)
                 raise
-            try:
-                on_disk = os.stat(self.lock_path, follow_symlinks=False)
-            except FileNotFoundError:
-                on_disk = None
-            held = os.fstat(fd)
-            if on_disk is not None and (on_disk.st_ino, on_disk.st_dev) == (held.st_ino, held.st_dev):
+            if not locked:
+                os.close(fd)
+                raise OutputError(f"{self.path}: another segearth run is writing it (lock {self.lock_path.name})")
+            if self._names_the_file(fd):
                 os.ftruncate(fd, 0)
                 os.write(fd, f"{os.getpid()}\n".encode())
                 self._fd = fd
                 return self
-            os.close(fd)  # the previous holder removed this file after we opened it
+            _unlock_file(fd)  # the previous holder removed this file after we opened it
+            os.close(fd)
+
+    def _names_the_file(self, fd: int) -> bool:
+        try:
+            on_disk = os.stat(self.lock_path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (on_disk.st_ino, on_disk.st_dev) == (held.st_ino, held.st_dev)
 
     def release(self) -> None:
         if self._fd is None:
             return
-        try:
-            os.unlink(self.lock_path)
-        except OSError:
-            pass
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        if fcntl is not None:
+            _remove_quietly(self.lock_path)
+        _unlock_file(self._fd)
         os.close(self._fd)
         self._fd = None
+        if fcntl is None:
+            _remove_quietly(self.lock_path)
 
     @property
     def is_locked(self) -> bool:
@@ -288,3 +335,35 @@ class OutputLock:
     def __exit__(self, *exc_info) -> bool:
         self.release()
         return False
+
+
+#: How often a waiting lock retries where the system cannot block until a lock is free (Windows).
+_LOCK_POLL_SECONDS = 0.1
+
+
+def _lock_file(fd: int, wait: bool) -> bool:
+    """Lock the open file exclusively; False when another holder has it and ``wait`` is False."""
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+    while True:
+        os.lseek(fd, 0, os.SEEK_SET)  # msvcrt locks bytes from the current position
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except PermissionError:  # held by another process
+            if not wait:
+                return False
+            time.sleep(_LOCK_POLL_SECONDS)
+            continue
+        return True
+
+
+def _unlock_file(fd: int) -> None:
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return
+    os.lseek(fd, 0, os.SEEK_SET)
+    msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)

@@ -4,6 +4,8 @@ A *job file* lists rows ``scene, question, output`` (CSV with that header, or JS
 with those keys). Rows with the same scene and question form one *job*, whose outputs are
 all the rows' outputs. Jobs that share a scene are computed by one :func:`run_query` call,
 so each window of the scene is read and encoded once whatever the number of questions.
+:func:`run_batch` hands each such scene group to :func:`run_scene_group`, which takes plain
+data and a function returning the segmenter, so another engine can run groups elsewhere.
 
 The idempotency record
 ----------------------
@@ -73,7 +75,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 from . import __version__
-from .errors import EXIT_FAILURE, EXIT_OK, InputError, OutputError, SegearthError, UsageError
+from .atomic import write_atomically
+from .errors import EXIT_FAILURE, EXIT_OK, InputError, OutputError, SegearthError, UsageError, failure_line
 
 log = logging.getLogger(__name__)
 
@@ -326,20 +329,6 @@ def read_record(output: Path) -> Optional[dict[str, Any]]:
     return data if isinstance(data, dict) and data.get("segearth_record") == RECORD_FORMAT else None
 
 
-def _write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with temp.open("w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except OSError as exc:
-        temp.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write the run record: {exc.strerror or exc}") from None
-
-
 def write_record(output: Path, inputs: Mapping[str, Any], *, state: str, seconds: Optional[float] = None) -> None:
     data: dict[str, Any] = {
         "segearth_record": RECORD_FORMAT,
@@ -352,7 +341,7 @@ def write_record(output: Path, inputs: Mapping[str, Any], *, state: str, seconds
         data["output"] = {"name": output.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         if seconds is not None:
             data["seconds"] = round(seconds, 3)
-    _write_json_atomically(record_path(output), data)
+    write_atomically(record_path(output), json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def output_is_current(output: Path, inputs: Mapping[str, Any]) -> bool:
@@ -370,49 +359,6 @@ def output_is_current(output: Path, inputs: Mapping[str, Any]) -> bool:
 
 def job_is_current(job: Job, inputs: Mapping[str, Any]) -> bool:
     return all(output_is_current(output, inputs) for output in job.outputs)
-
-
-def model_identity(
-    model: str, revision: Optional[str] = None, *, dtype: Any = None, task: Optional[str] = None
-) -> dict[str, Any]:
-    """Which weights will answer: the id as given and the revision actually used.
-
-    For a hub model the revision is the commit hash of the snapshot that ``revision``
-    (default: the main branch) resolves to, downloading it when online exactly as loading
-    would; so "main" moving to a new commit counts as a change, and loading with this
-    commit uses the same files. For a local directory it is a fingerprint of its files'
-    names, sizes and mtimes; for the built-in tiny-random network, ``built-in`` (its
-    weights are a function of the tool version, which the record holds anyway). ``dtype``
-    is the resolved compute dtype (results differ between float32 and bfloat16) and
-    ``task`` the prompt template; both are recorded when given.
-    """
-    identity: dict[str, Any] = {"id": model}
-    local = Path(model).expanduser()
-    if model == "tiny-random":
-        identity["revision"] = "built-in"
-    elif local.is_dir():
-        folder = local.resolve()
-        digest = hashlib.sha256()
-        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-            stat = file.stat()
-            digest.update(f"{file.relative_to(folder).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        identity["id"] = str(folder)
-        identity["revision"] = "files:" + digest.hexdigest()[:16]
-    else:
-        from segearth_model.checkpoint import ModelLoadError, resolve_checkpoint_dir
-
-        from .errors import ModelUnavailableError
-
-        try:
-            snapshot = resolve_checkpoint_dir(model, revision)
-        except ModelLoadError as exc:
-            raise ModelUnavailableError(str(exc)) from exc
-        identity["revision"] = snapshot.name  # hub snapshot folders are named by commit hash
-    if dtype is not None:
-        identity["dtype"] = str(dtype).replace("torch.", "")
-    if task is not None:
-        identity["task"] = task
-    return identity
 
 
 # --------------------------------------------------------------------------- running
@@ -463,13 +409,21 @@ class BatchReport:
         return counts
 
 
-def _one_line(exc: BaseException) -> tuple[str, int]:
-    if isinstance(exc, SegearthError):
-        return " ".join(exc.message.split()), exc.exit_code
-    code = getattr(exc, "exit_code", None)
-    text = " ".join(str(exc).split())
-    message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return message, code if isinstance(code, int) and code > 0 else EXIT_FAILURE
+@dataclass(frozen=True)
+class BatchSettings:
+    """What every scene of a run shares; plain data, so it can travel to another process.
+
+    ``options`` is the :class:`~segearth_cli.query.QueryOptions` applied to all jobs;
+    ``options.overwrite`` allows replacing outputs that have no record (files not written
+    by a batch run). ``model`` is the ``model_identity`` of the segmenter that will answer.
+    ``force`` recomputes jobs whose record matches; ``wait`` waits for outputs locked by
+    another run instead of skipping them.
+    """
+
+    options: Any
+    model: Mapping[str, Any]
+    force: bool = False
+    wait: bool = False
 
 
 #: Called with each job's result as soon as it is known (report lines stream, so a run that
@@ -491,13 +445,7 @@ def run_batch(
 
     ``segmenter`` is a Segmenter, or a function returning one: it is then called once,
     when the first job needs computing, so a run where every job is up to date never
-    loads the model.
-
-    ``options`` is the :class:`~segearth_cli.query.QueryOptions` applied to all jobs;
-    ``options.overwrite`` allows replacing outputs that have no record (files not written
-    by a batch run). ``model`` is :func:`model_identity` of the loaded segmenter.
-    ``force`` recomputes jobs whose record matches; ``wait`` waits for outputs locked by
-    another run instead of skipping them.
+    loads the model. The other arguments are those of :class:`BatchSettings`.
     """
     started = time.perf_counter()
     report = BatchReport()
@@ -507,9 +455,10 @@ def run_batch(
         if on_result is not None:
             on_result(result)
 
-    settings = _Settings(_LoadOnce(segmenter), options, options_record(options), model, force, wait, emit)
+    settings = BatchSettings(options, model, force, wait)
+    get_segmenter = _LoadOnce(segmenter)
     for scene, scene_jobs in group_by_scene(jobs):
-        _SceneRun(scene, scene_jobs, settings).run()
+        run_scene_group(scene, scene_jobs, settings, get_segmenter, on_result=emit)
     report.results.sort(key=lambda r: r.job.number)
     report.seconds = time.perf_counter() - started
     return report
@@ -535,197 +484,205 @@ class _LoadOnce:
         return self._segmenter
 
 
-@dataclass(frozen=True)
-class _Settings:
-    """What every scene of a run shares."""
+def run_scene_group(
+    scene: Path,
+    jobs: list[Job],
+    settings: BatchSettings,
+    get_segmenter: Callable[[], Any],
+    on_result: Optional[ResultCallback] = None,
+) -> list[JobResult]:
+    """The jobs of one scene: check their records, lock their outputs, compute them together, record.
 
-    segmenter: _LoadOnce
-    options: Any
-    recorded_options: dict[str, Any]
-    model: Mapping[str, Any]
-    force: bool
-    wait: bool
-    emit: ResultCallback
+    Never raises for a job's failure. ``get_segmenter()`` is called only when a job needs
+    computing (a group that is up to date loads no model); if it raises, the jobs fail with
+    its error. Results come back in the order they became known, each also passed to
+    ``on_result`` at that moment. Nothing here depends on the process it runs in beyond
+    the files it reads and writes.
+    """
+    outcomes = _Outcomes(on_result)
+    try:
+        identity = scene_identity(scene)
+    except SegearthError as exc:
+        for job in jobs:
+            outcomes.fail(job, exc)
+        return outcomes.results
+    recorded_options = options_record(settings.options)
+    inputs = {job.number: job_inputs(identity, job.question, settings.model, recorded_options) for job in jobs}
+    stale = _not_current(jobs, inputs, settings, outcomes)
+    stale = _prepare_folders(stale, outcomes)
+    if not stale:
+        return outcomes.results
+    locks = _lock_outputs(stale, settings.wait, outcomes)
+    try:
+        stale = [job for job in stale if all(output in locks for output in job.outputs)]
+        # Another run may have finished a job while this one waited for (or raced to) the lock.
+        stale = _not_current(stale, inputs, settings, outcomes)
+        stale = _refuse_foreign_outputs(stale, settings, outcomes)
+        if stale:
+            _compute(scene, stale, inputs, settings, get_segmenter, outcomes)
+    finally:
+        for lock in locks.values():
+            lock.release()
+    return outcomes.results
 
 
-class _SceneRun:
-    """The jobs of one scene: check records, lock, compute together, record."""
+class _Outcomes:
+    """The results of one scene group, timed from its start, passed on as they become known."""
 
-    def __init__(self, scene: Path, jobs: list[Job], settings: _Settings):
-        self.scene = scene
-        self.jobs = jobs
-        self.settings = settings
+    def __init__(self, on_result: Optional[ResultCallback]):
         self.started = time.perf_counter()
-        self.inputs: dict[int, dict[str, Any]] = {}
+        self.results: list[JobResult] = []
+        self._on_result = on_result
 
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
+    def add(self, result: JobResult) -> None:
+        self.results.append(result)
+        if self._on_result is not None:
+            self._on_result(result)
 
     def fail(self, job: Job, exc: BaseException, seconds: Optional[float] = None) -> None:
-        message, code = _one_line(exc)
+        message = failure_line(exc)
         log.warning("job %d (%s, %r) failed: %s", job.number, job.scene.name, job.question, message)
-        seconds = self.elapsed() if seconds is None else seconds
-        self.settings.emit(JobResult(job, STATUS_FAILED, seconds, error=message, exit_code=code))
+        seconds = time.perf_counter() - self.started if seconds is None else seconds
+        self.add(JobResult(job, STATUS_FAILED, seconds, error=message, exit_code=_exit_code(exc)))
 
     def skip(self, job: Job, reason: str) -> None:
-        self.settings.emit(JobResult(job, STATUS_SKIPPED, self.elapsed(), reason=reason))
+        self.add(JobResult(job, STATUS_SKIPPED, time.perf_counter() - self.started, reason=reason))
 
-    def run(self) -> None:
+
+def _exit_code(exc: BaseException) -> int:
+    code = getattr(exc, "exit_code", None)
+    return code if isinstance(code, int) and code > 0 else EXIT_FAILURE
+
+
+def _not_current(jobs: list[Job], inputs: Mapping[int, Any], settings: BatchSettings, outcomes: _Outcomes) -> list[Job]:
+    """The jobs whose outputs need computing; the others are skipped as up to date (unless forced)."""
+    if settings.force:
+        return jobs
+    remaining = []
+    for job in jobs:
+        if job_is_current(job, inputs[job.number]):
+            outcomes.skip(job, REASON_UP_TO_DATE)
+        else:
+            remaining.append(job)
+    return remaining
+
+
+def _prepare_folders(jobs: list[Job], outcomes: _Outcomes) -> list[Job]:
+    ready = []
+    for job in jobs:
         try:
-            identity = scene_identity(self.scene)
-        except SegearthError as exc:
-            for job in self.jobs:
-                self.fail(job, exc)
-            return
-        self.inputs = {
-            job.number: job_inputs(identity, job.question, self.settings.model, self.settings.recorded_options)
-            for job in self.jobs
-        }
-        to_compute = []
-        for job in self.jobs:
-            if not self.settings.force and job_is_current(job, self.inputs[job.number]):
-                self.skip(job, REASON_UP_TO_DATE)
-            else:
-                to_compute.append(job)
-        to_compute = self._prepare_folders(to_compute)
-        if not to_compute:
-            return
-        locks = self._lock(to_compute)
-        try:
-            to_compute = [job for job in to_compute if all(output in locks for output in job.outputs)]
-            to_compute = self._recheck_after_lock(to_compute)
-            to_compute = self._refuse_foreign_outputs(to_compute)
-            if to_compute:
-                self._compute(to_compute)
-        finally:
-            for lock in locks.values():
-                lock.release()
-
-    def _prepare_folders(self, jobs: list[Job]) -> list[Job]:
-        ready = []
-        for job in jobs:
-            try:
-                for output in job.outputs:
-                    output.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                self.fail(job, OutputError(f"{output}: cannot create folder {output.parent}: {exc.strerror or exc}"))
-                continue
-            ready.append(job)
-        return ready
-
-    def _lock(self, jobs: list[Job]) -> dict[Path, Any]:
-        """Lock every output of ``jobs`` in global path order; jobs with a busy output are skipped."""
-        from .atomic import OutputLock
-
-        locks: dict[Path, Any] = {}
-        busy: dict[int, str] = {}
-        for output, job in sorted((output, job) for job in jobs for output in job.outputs):
-            if job.number in busy:
-                continue
-            lock = OutputLock(output, wait=self.settings.wait)
-            try:
-                lock.acquire()
-            except OutputError as exc:
-                busy[job.number] = exc.message
-                continue
-            locks[output] = lock
-        for job in jobs:
-            if job.number not in busy:
-                continue
             for output in job.outputs:
-                lock = locks.pop(output, None)
-                if lock is not None:
-                    lock.release()
-            if self.settings.wait:  # waiting cannot time out, so this is a lock that could not be created
-                self.fail(job, OutputError(busy[job.number]))
-            else:
-                log.info("job %d: skipped, %s", job.number, busy[job.number])
-                self.skip(job, f"{REASON_LOCKED}: {busy[job.number]}")
-        return locks
+                output.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            outcomes.fail(job, OutputError(f"{output}: cannot create folder {output.parent}: {exc.strerror or exc}"))
+            continue
+        ready.append(job)
+    return ready
 
-    def _recheck_after_lock(self, jobs: list[Job]) -> list[Job]:
-        # Another run may have finished the job while this one waited for (or raced to) the lock.
-        if self.settings.force:
-            return jobs
-        remaining = []
-        for job in jobs:
-            if job_is_current(job, self.inputs[job.number]):
-                self.skip(job, REASON_UP_TO_DATE)
-            else:
-                remaining.append(job)
-        return remaining
 
-    def _refuse_foreign_outputs(self, jobs: list[Job]) -> list[Job]:
-        if self.settings.options.overwrite or self.settings.force:
-            return jobs
-        allowed = []
-        for job in jobs:
-            foreign = next((o for o in job.outputs if os.path.lexists(o) and read_record(o) is None), None)
-            if foreign is None:
-                allowed.append(job)
-            else:
-                self.fail(job, OutputError(
-                    f"{foreign}: exists but was not written by segearth batch (no {RECORD_SUFFIX} record); "
-                    "pass --overwrite to replace it"
-                ))
-        return allowed
+def _lock_outputs(jobs: list[Job], wait: bool, outcomes: _Outcomes) -> dict[Path, Any]:
+    """Lock every output of ``jobs`` in global path order; jobs with a busy output are skipped."""
+    from .atomic import OutputLock
 
-    def _compute(self, jobs: list[Job]) -> None:
+    locks: dict[Path, Any] = {}
+    busy: dict[int, str] = {}
+    for output, job in sorted((output, job) for job in jobs for output in job.outputs):
+        if job.number in busy:
+            continue
+        lock = OutputLock(output, wait=wait)
         try:
-            segmenter = self.settings.segmenter()
-        except Exception as exc:  # noqa: BLE001 - the model cannot answer any job
+            lock.acquire()
+        except OutputError as exc:
+            busy[job.number] = exc.message
+            continue
+        locks[output] = lock
+    for job in jobs:
+        if job.number not in busy:
+            continue
+        for output in job.outputs:
+            lock = locks.pop(output, None)
+            if lock is not None:
+                lock.release()
+        if wait:  # waiting cannot time out, so this is a lock that could not be created
+            outcomes.fail(job, OutputError(busy[job.number]))
+        else:
+            log.info("job %d: skipped, %s", job.number, busy[job.number])
+            outcomes.skip(job, f"{REASON_LOCKED}: {busy[job.number]}")
+    return locks
+
+
+def _refuse_foreign_outputs(jobs: list[Job], settings: BatchSettings, outcomes: _Outcomes) -> list[Job]:
+    if settings.options.overwrite or settings.force:
+        return jobs
+    allowed = []
+    for job in jobs:
+        foreign = next((o for o in job.outputs if os.path.lexists(o) and read_record(o) is None), None)
+        if foreign is None:
+            allowed.append(job)
+        else:
+            outcomes.fail(job, OutputError(
+                f"{foreign}: exists but was not written by segearth batch (no {RECORD_SUFFIX} record); "
+                "pass --overwrite to replace it"
+            ))
+    return allowed
+
+
+def _compute(scene: Path, jobs: list[Job], inputs: Mapping[int, Any], settings: BatchSettings,
+             get_segmenter: Callable[[], Any], outcomes: _Outcomes) -> None:
+    try:
+        segmenter = get_segmenter()
+    except Exception as exc:  # noqa: BLE001 - the model cannot answer any job
+        for job in jobs:
+            outcomes.fail(job, exc)
+        return
+    try:
+        _query(scene, jobs, inputs, settings, segmenter, outcomes)
+    except Exception as exc:  # noqa: BLE001 - a job's failure must not end the batch
+        if len(jobs) > 1 and not isinstance(exc, InputError):
+            # Not the scene's fault: one job's output or question may be the cause, so
+            # each job gets its own chance instead of failing together.
+            log.info("%s: computing its %d jobs one by one after: %s", scene.name, len(jobs), failure_line(exc))
             for job in jobs:
-                self.fail(job, exc)
+                started = time.perf_counter()
+                try:
+                    _query(scene, [job], inputs, settings, segmenter, outcomes)
+                except Exception as alone:  # noqa: BLE001
+                    outcomes.fail(job, alone, time.perf_counter() - started)
             return
-        try:
-            self._query(jobs, segmenter)
-        except Exception as exc:  # noqa: BLE001 - a job's failure must not end the batch
-            if len(jobs) > 1 and not isinstance(exc, InputError):
-                # Not the scene's fault: one job's output or question may be the cause, so
-                # each job gets its own chance instead of failing together.
-                log.info("%s: computing its %d jobs one by one after: %s", self.scene.name, len(jobs), _one_line(exc)[0])
-                for job in jobs:
-                    self._compute_alone(job, segmenter)
-                return
-            for job in jobs:
-                self.fail(job, exc)
-
-    def _compute_alone(self, job: Job, segmenter: Any) -> None:
-        started = time.perf_counter()
-        try:
-            self._query([job], segmenter)
-        except Exception as exc:  # noqa: BLE001
-            self.fail(job, exc, time.perf_counter() - started)
-
-    def _query(self, jobs: list[Job], segmenter: Any) -> None:
-        from .query import OutputTarget, run_query
-
-        started = time.perf_counter()
-        # Jobs of one scene have distinct questions (a job *is* a scene and a question).
-        questions = [job.question for job in jobs]
-        targets = []
-        for index, job in enumerate(jobs):
-            tags = {RECORD_TAG: json.dumps(self.inputs[job.number], sort_keys=True, ensure_ascii=False)}
-            targets.extend(OutputTarget.for_path(o, question_indexes=(index,), tags=tags) for o in job.outputs)
-        written: list[Path] = []
-        try:
-            for job in jobs:
-                for output in job.outputs:
-                    write_record(output, self.inputs[job.number], state="pending")
-                    written.append(output)
-            run_query(self.scene, questions, targets, segmenter,
-                      dataclasses.replace(self.settings.options, overwrite=True))
-        except BaseException:
-            for output in written:
-                if not os.path.lexists(output):
-                    record_path(output).unlink(missing_ok=True)
-            raise
-        seconds = time.perf_counter() - started
         for job in jobs:
-            try:
-                for output in job.outputs:
-                    write_record(output, self.inputs[job.number], state="complete", seconds=seconds)
-            except SegearthError as exc:
-                self.fail(job, exc, seconds)
-                continue
-            self.settings.emit(JobResult(job, STATUS_OK, seconds))
+            outcomes.fail(job, exc)
+
+
+def _query(scene: Path, jobs: list[Job], inputs: Mapping[int, Any], settings: BatchSettings, segmenter: Any,
+           outcomes: _Outcomes) -> None:
+    """One run_query for ``jobs``, with their records pending while it runs and complete after."""
+    from .query import OutputTarget, run_query
+
+    started = time.perf_counter()
+    # Jobs of one scene have distinct questions (a job *is* a scene and a question).
+    questions = [job.question for job in jobs]
+    targets = []
+    for index, job in enumerate(jobs):
+        tags = {RECORD_TAG: json.dumps(inputs[job.number], sort_keys=True, ensure_ascii=False)}
+        targets.extend(OutputTarget.for_path(o, question_indexes=(index,), tags=tags) for o in job.outputs)
+    written: list[Path] = []
+    try:
+        for job in jobs:
+            for output in job.outputs:
+                write_record(output, inputs[job.number], state="pending")
+                written.append(output)
+        run_query(scene, questions, targets, segmenter, dataclasses.replace(settings.options, overwrite=True))
+    except BaseException:
+        for output in written:
+            if not os.path.lexists(output):
+                record_path(output).unlink(missing_ok=True)
+        raise
+    seconds = time.perf_counter() - started
+    for job in jobs:
+        try:
+            for output in job.outputs:
+                write_record(output, inputs[job.number], state="complete", seconds=seconds)
+        except SegearthError as exc:
+            outcomes.fail(job, exc, seconds)
+            continue
+        outcomes.add(JobResult(job, STATUS_OK, seconds))

@@ -59,3 +59,20 @@ def first_line(exc: BaseException) -> str:
     if cause is not None and "previous exception" in text.lower():
         return first_line(cause)
     return text.splitlines()[0]
+
+
+def one_line(text: str) -> str:
+    """``text`` with line breaks and runs of blanks made single spaces, for a one-line message."""
+    return " ".join(str(text).split())
+
+
+def failure_line(exc: BaseException) -> str:
+    """One line for any exception: a SegearthError's message, else its type and first line.
+
+    The type name matters for failures nobody anticipated ("KeyError: 'x'" says more than
+    "'x'"); a SegearthError's message is already written for the user.
+    """
+    if isinstance(exc, SegearthError):
+        return first_line(exc)
+    name = type(exc).__name__
+    return f"{name}: {first_line(exc)}" if str(exc).strip() else name

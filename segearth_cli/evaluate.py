@@ -26,13 +26,12 @@ with ``IoU > t`` (strictly) for t in 0.5 ... 0.9. Counts are kept as exact integ
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
-import os
 import pickle
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, Union
@@ -40,10 +39,9 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 import cv2
 import numpy as np
 
-from segearth_model.preprocess import PadInfo, fitted_size, resize_and_pad, resize_mask_nearest, unpad_and_resize
-
+from .atomic import write_atomically
 from .errors import InputError, OutputError, UsageError
-from .segmenter import Segmenter
+from .segmenter import PadInfo, Segmenter, fitted_size, resize_and_pad, resize_mask_nearest, unpad_and_resize
 
 log = logging.getLogger("segearth_cli.evaluate")
 
@@ -317,33 +315,8 @@ def read_rrsisd(root: Path, split: str) -> list[Sample]:
     refs_path = base / "rrsisd" / "refs(unc).p"
     instances_path = base / "rrsisd" / "instances.json"
     image_dir = base / "images" / "rrsisd" / "JPEGImages"
-    try:
-        with open(refs_path, "rb") as handle:
-            refs = _PlainDataUnpickler(handle, encoding="utf-8").load()
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{refs_path}: not a readable expression list ({exc})") from None
-    if not instances_path.is_file():
-        raise InputError(f"{instances_path}: missing")
-    try:
-        instances = json.loads(instances_path.read_text(encoding="utf-8"))
-        annotations = {ann["id"]: ann for ann in instances["annotations"]}
-        images = {img["id"]: img for img in instances["images"]}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise InputError(f"{instances_path}: not a COCO-style instances file ({exc})") from None
-    if not isinstance(refs, list):
-        raise InputError(f"{refs_path}: expected a list of expression records")
-
-    chosen = []
-    for ref in refs:
-        try:
-            ref_split = ref["split"]
-            if (split == "test" and "test" in ref_split) or ref_split == split:
-                chosen.append((ref["ref_id"], ref["ann_id"], ref["image_id"], ref["sentences"][0]["raw"]))
-        except (KeyError, IndexError, TypeError):
-            raise InputError(f"{refs_path}: an expression record lacks split, ids or a raw sentence") from None
-    if not chosen:
-        raise InputError(f"{refs_path}: no expressions in split {split!r}")
-
+    chosen = _rrsisd_expressions(refs_path, split)
+    annotations, images = _rrsisd_instances(instances_path)
     mismatched = sum(1 for ref_id, _, image_id, _ in chosen if ref_id != image_id)
     if mismatched:
         log.warning("%s: %d of %d expressions have an id different from their image's; the official reader "
@@ -369,6 +342,41 @@ def read_rrsisd(root: Path, split: str) -> list[Sample]:
         Sample(name=name, image_path=path, question=sentence, target=target)
         for name, (path, sentence, target) in zip(_unique_names(stems), entries)
     ]
+
+
+def _rrsisd_expressions(refs_path: Path, split: str) -> list[tuple]:
+    """(ref id, annotation id, image id, first sentence) of every expression record of ``split``."""
+    try:
+        with open(refs_path, "rb") as handle:
+            refs = _PlainDataUnpickler(handle, encoding="utf-8").load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{refs_path}: not a readable expression list ({exc})") from None
+    if not isinstance(refs, list):
+        raise InputError(f"{refs_path}: expected a list of expression records")
+    chosen = []
+    for ref in refs:
+        try:
+            ref_split = ref["split"]
+            if (split == "test" and "test" in ref_split) or ref_split == split:
+                chosen.append((ref["ref_id"], ref["ann_id"], ref["image_id"], ref["sentences"][0]["raw"]))
+        except (KeyError, IndexError, TypeError):
+            raise InputError(f"{refs_path}: an expression record lacks split, ids or a raw sentence") from None
+    if not chosen:
+        raise InputError(f"{refs_path}: no expressions in split {split!r}")
+    return chosen
+
+
+def _rrsisd_instances(instances_path: Path) -> tuple[dict, dict]:
+    """(annotations by id, images by id) of a COCO-style instances file."""
+    if not instances_path.is_file():
+        raise InputError(f"{instances_path}: missing")
+    try:
+        instances = json.loads(instances_path.read_text(encoding="utf-8"))
+        annotations = {ann["id"]: ann for ann in instances["annotations"]}
+        images = {img["id"]: img for img in instances["images"]}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise InputError(f"{instances_path}: not a COCO-style instances file ({exc})") from None
+    return annotations, images
 
 
 def _decode_rle_string(counts: str, source: str) -> list[int]:
@@ -553,26 +561,14 @@ def _label_padinfo(image_info: PadInfo, label_shape: tuple[int, int], size: int)
 
 
 def _predict(segmenter: Segmenter, canvases: list[np.ndarray], questions: list[str]) -> np.ndarray:
-    """(B, S, S) float32 logits, one per (canvas, question) pair."""
+    """(B, S, S) float32 logits, one per (canvas, question) pair, in one model call."""
     windows = np.stack([c.transpose(2, 0, 1) for c in canvases]).astype(np.uint8, copy=False)
     size = segmenter.input_size
-    paired = getattr(segmenter, "segment_pairs", None)
-    if paired is not None:
-        # A segmenter that can answer one question per window runs the batch in one call.
-        logits = np.asarray(paired(windows, list(questions)))
-        expected = (len(canvases), size, size)
-        if logits.shape != expected:
-            raise ValueError(f"{segmenter.name}: segment_pairs returned {logits.shape}, expected {expected}")
-        return logits.astype(np.float32, copy=False)
-    # The protocol asks every window one question of its own; segment() asks every window
-    # every question, so each window goes alone.
-    out = []
-    for window, question in zip(windows, questions):
-        logits = np.asarray(segmenter.segment(window[None], [question]))
-        if logits.shape != (1, 1, size, size):
-            raise ValueError(f"{segmenter.name}: segment returned {logits.shape}, expected (1, 1, {size}, {size})")
-        out.append(logits[0, 0])
-    return np.stack(out).astype(np.float32, copy=False)
+    logits = np.asarray(segmenter.segment_pairs(windows, list(questions)))
+    expected = (len(canvases), size, size)
+    if logits.shape != expected:
+        raise ValueError(f"{segmenter.name}: segment_pairs returned {logits.shape}, expected {expected}")
+    return logits.astype(np.float32, copy=False)
 
 
 def _write_mask_png(directory: Path, name: str, mask: np.ndarray) -> None:
@@ -652,21 +648,10 @@ PER_SAMPLE_COLUMNS = (
 
 def write_per_sample_csv(path: Path, results: Sequence[SampleResult]) -> None:
     """One row per sample with both protocols' counts and IoU; written whole or not at all."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        handle = tempfile.NamedTemporaryFile("w", newline="", encoding="utf-8", dir=directory,
-                                             prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot be written ({exc.strerror})") from None
-    try:
-        with handle:
-            writer = csv.writer(handle)
-            writer.writerow(PER_SAMPLE_COLUMNS)
-            for r in results:
-                writer.writerow([r.name, r.image, r.question, *r.official[:2], f"{r.official[2]:.6f}",
-                                 *r.original_size[:2], f"{r.original_size[2]:.6f}"])
-        os.replace(handle.name, path)
-    except OSError as exc:
-        Path(handle.name).unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot be written ({exc.strerror})") from None
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(PER_SAMPLE_COLUMNS)
+    for r in results:
+        writer.writerow([r.name, r.image, r.question, *r.official[:2], f"{r.official[2]:.6f}",
+                         *r.original_size[:2], f"{r.original_size[2]:.6f}"])
+    write_atomically(path, text.getvalue())

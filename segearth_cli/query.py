@@ -9,6 +9,13 @@ Usable without the command line::
     from segearth_cli.query import OutputTarget, QueryOptions, run_query
     report = run_query("scene.tif", ["where are the buildings?"],
                        [OutputTarget.for_path("roofs.gpkg")], segmenter, QueryOptions(mode="tiled"))
+
+A caller that loads the model only once the request is known to be sound checks it first
+and hands the opened scene on, so the scene is opened once::
+
+    with validate_query("scene.tif", questions, targets, options) as scene:
+        segmenter = load_the_model()
+        report = run_query(scene, questions, targets, segmenter, options)
 """
 
 from __future__ import annotations
@@ -20,10 +27,14 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Optional, Sequence
 
-from .errors import UsageError
-from .windows import check_window_options
+from .errors import UsageError, one_line
+from .windows import check_gsd_measurable, check_window_options
+
+if TYPE_CHECKING:  # the pipeline's heavy modules are imported when a query runs
+    from .scene import SceneReader
+    from .windows import WindowPlan
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +75,12 @@ class QueryOptions:
     pixel_coordinates: bool = False
 
     def check(self) -> None:
+        """Raise UsageError for settings no scene could satisfy: the one place they are validated."""
         check_window_options(self.mode, self.window, self.gsd, self.overlap)
+        if self.bands is not None:
+            from .scene import check_band_choice
+
+            check_band_choice(self.bands)
         if not 0.0 < self.threshold < 1.0:
             raise UsageError(f"--threshold {self.threshold}: must be a probability strictly between 0 and 1")
         if self.min_area < 0 or self.simplify < 0:
@@ -133,22 +149,81 @@ class QueryReport:
         return asdict(self)
 
 
+@dataclass
+class OpenedScene:
+    """A scene checked against a request and open for reading, as :func:`validate_query` returns it.
+
+    Close it (or use it in a ``with`` block) once the query ran.
+    """
+
+    reader: "SceneReader"
+    #: The scene path as the caller gave it, for messages and the report.
+    label: str
+    #: Seconds the open took (band choice, georeferencing, stretch measurement).
+    seconds: float
+    #: Warnings raised while opening, reported with the run's own.
+    warnings: list[str]
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def __enter__(self) -> "OpenedScene":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
 def validate_query(
     scene_path: "str | os.PathLike[str]",
     questions: Sequence[str],
     targets: Sequence[OutputTarget],
     options: QueryOptions,
-) -> None:
-    """Everything that can be checked before the model is loaded; raises a SegearthError.
+) -> OpenedScene:
+    """Check everything that can be checked before the model is loaded, and open the scene.
 
-    Called by :func:`run_query` too; the command line calls it first so that a typo costs
-    no model load.
+    Raises a SegearthError. Pass the returned scene to :func:`run_query` so it is not
+    opened twice; the command line checks first so that a typo costs no model load.
     """
     from .scene import open_scene
 
     _check_request(scene_path, questions, targets, options)
-    with open_scene(scene_path, bands=options.bands) as reader:
+    started = time.perf_counter()
+    with _recorded_warnings() as caught:
+        reader = open_scene(scene_path, bands=options.bands)
+    opened = OpenedScene(reader, str(scene_path), time.perf_counter() - started, [str(w.message) for w in caught])
+    try:
         _check_against_scene(reader.scene, scene_path, targets, options)
+    except BaseException:
+        opened.close()
+        raise
+    return opened
+
+
+def run_query(
+    scene: "str | os.PathLike[str] | OpenedScene",
+    questions: Sequence[str],
+    targets: Sequence[OutputTarget],
+    segmenter,
+    options: QueryOptions = QueryOptions(),
+    progress: Optional[ProgressCallback] = None,
+) -> QueryReport:
+    """Answer ``questions`` about the scene and commit every target; see the module docstring.
+
+    ``scene`` is a path, or the :class:`OpenedScene` that :func:`validate_query` returned
+    for the same request (it stays open; its owner closes it). Raises a SegearthError
+    (exit code attached) for bad input, options or outputs; nothing is left at any target
+    path after a failure or an interruption.
+    """
+    questions = list(questions)
+    targets = list(targets)
+    if not isinstance(scene, OpenedScene):
+        with validate_query(scene, questions, targets, options) as opened:
+            return _run(opened, questions, targets, segmenter, options, progress)
+    # Cheap to repeat, and the outputs may have appeared while the model loaded.
+    _check_request(scene.label, questions, targets, options)
+    _check_against_scene(scene.reader.scene, scene.label, targets, options)
+    return _run(scene, questions, targets, segmenter, options, progress)
 
 
 def _check_request(
@@ -211,8 +286,143 @@ def _check_against_scene(scene, scene_path, targets: Sequence[OutputTarget], opt
         raise UsageError(
             f"{scene_path}: has no coordinate reference system, so --min-area and --simplify (metres) cannot be measured"
         )
-    if options.gsd is not None and not has_crs:
-        raise UsageError(f"{scene_path}: --gsd needs a scene with a coordinate reference system; use --window")
+    check_gsd_measurable(scene, options.gsd)
+
+
+@contextmanager
+def _recorded_warnings() -> Iterator[list[warnings.WarningMessage]]:
+    """Record the warnings a user should hear about (GDAL and rasterio's above all) for the summary.
+
+    Deprecations are for developers and stay silent.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+            warnings.simplefilter("ignore", category)
+        yield caught
+
+
+def _run(opened: OpenedScene, questions: list[str], targets: list[OutputTarget], segmenter,
+         options: QueryOptions, progress: Optional[ProgressCallback]) -> QueryReport:
+    """The query on a checked, open scene: plan, stream every window into every output, commit."""
+    from .windows import plan_windows
+
+    # The open belongs to the query even when it happened before the model was loaded.
+    started = time.perf_counter() - opened.seconds
+    clock = _Clock()
+    clock.add("open", opened.seconds)
+    _remove_stale_temps(targets)
+    scene = opened.reader.scene
+    notes = [] if scene.georeferenced else [f"{opened.label}: has no georeferencing; outputs are in pixel coordinates"]
+    with _recorded_warnings() as caught:
+        with clock("plan"):
+            plan = plan_windows(scene, options.mode, segmenter.input_size, options.window, options.gsd, options.overlap)
+        log.info("%s: %d x %d px, %s (%d window%s)", scene.name, scene.width, scene.height, plan.reason,
+                 len(plan), "" if len(plan) == 1 else "s")
+        counter = _WindowCounter(len(plan), progress)
+        sinks = _write_outputs(opened.reader, plan, questions, targets, segmenter, options, clock, counter)
+    messages = _unique_messages([*notes, *opened.warnings, *(str(w.message) for w in caught)])
+    for message in messages:
+        log.warning("%s", message)
+    results = _question_results(questions, sinks.summaries())
+    clock.add("total", time.perf_counter() - started)
+    return QueryReport(
+        scene=opened.label,
+        model=segmenter.name,
+        outputs=[{"path": str(t.path), "kind": t.kind, "questions": t.questions(questions)} for t in targets],
+        questions=results,
+        found=any(r.found for r in results),
+        windows_total=len(plan),
+        windows_run=counter.run,
+        windows_skipped=counter.skipped,
+        mode=plan.mode,
+        timings={phase: round(seconds, 3) for phase, seconds in clock.seconds.items()},
+        warnings=messages,
+    )
+
+
+def _remove_stale_temps(targets: Sequence[OutputTarget]) -> None:
+    """Temporaries of runs that were killed (SIGKILL, power loss) are never at a target
+    path, but they would pile up in the output folders."""
+    from .atomic import remove_stale_temps
+
+    for folder in {t.path.resolve().parent for t in targets}:
+        for stale in remove_stale_temps(folder):
+            log.debug("removed %s, left by a run that was killed", stale)
+
+
+def _write_outputs(reader: "SceneReader", plan: "WindowPlan", questions: list[str], targets: list[OutputTarget],
+                   segmenter, options: QueryOptions, clock: "_Clock", counter: "_WindowCounter") -> "_Sinks":
+    """Stream the plan into a sink per target, then commit them all together."""
+    from .atomic import AtomicOutputs
+
+    with AtomicOutputs([t.path for t in targets], overwrite=options.overwrite) as atomic:
+        sinks = _Sinks(reader, questions, targets, atomic, options, segmenter.name)
+        try:
+            counter.start()
+            _stream(reader, plan, questions, segmenter, options, sinks, clock, counter)
+            with clock("finish"):
+                sinks.close()
+        except BaseException:
+            sinks.abort()
+            raise
+        commit_started = time.perf_counter()
+    clock.add("commit", time.perf_counter() - commit_started)
+    return sinks
+
+
+def _stream(reader: "SceneReader", plan: "WindowPlan", questions: list[str], segmenter, options: QueryOptions,
+            sinks: "_Sinks", clock: "_Clock", counter: "_WindowCounter") -> None:
+    from .stitch import stream_row_blocks
+
+    loop_started = time.perf_counter()
+    blocks = stream_row_blocks(
+        _TimedReader(reader, clock), plan, _TimedSegmenter(segmenter, clock), questions,
+        batch_size=options.batch_size, on_window=counter,
+    )
+    if _validity_is_approximate(reader.scene, plan):
+        blocks = _with_native_validity(blocks, reader, clock)
+    for block in blocks:
+        with clock("write"):
+            sinks.write(block)
+    loop = time.perf_counter() - loop_started
+    accounted = sum(clock.seconds.get(k, 0.0) for k in ("read", "model", "write"))
+    clock.add("stitch", max(0.0, loop - accounted))
+
+
+def _question_results(questions: Sequence[str], summaries: Sequence) -> list[QuestionResult]:
+    return [
+        QuestionResult(
+            question=question,
+            found=summary.polygon_count > 0,
+            pixels=summary.pixel_count,
+            polygons=summary.polygon_count,
+            area_m2=None if summary.total_area_m2 is None else round(float(summary.total_area_m2), 3),
+        )
+        for question, summary in zip(questions, summaries)
+    ]
+
+
+class _WindowCounter:
+    """``on_window`` of ``stream_row_blocks``: counts windows run and skipped, reports progress."""
+
+    def __init__(self, total: int, progress: Optional[ProgressCallback]):
+        self.total = total
+        self.progress = progress
+        self.run = 0
+        self.skipped = 0
+
+    def start(self) -> None:
+        if self.progress is not None:
+            self.progress(0, self.total)
+
+    def __call__(self, window, ran_model: bool) -> None:
+        if ran_model:
+            self.run += 1
+        else:
+            self.skipped += 1
+        if self.progress is not None:
+            self.progress(self.run + self.skipped, self.total)
 
 
 class _TimedSegmenter:
@@ -259,123 +469,6 @@ class _Clock:
         self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
 
 
-def run_query(
-    scene_path: "str | os.PathLike[str]",
-    questions: Sequence[str],
-    targets: Sequence[OutputTarget],
-    segmenter,
-    options: QueryOptions = QueryOptions(),
-    progress: Optional[ProgressCallback] = None,
-) -> QueryReport:
-    """Answer ``questions`` about the scene and commit every target; see the module docstring.
-
-    Raises a SegearthError (exit code attached) for bad input, options or outputs; nothing
-    is left at any target path after a failure or an interruption.
-    """
-    from .atomic import AtomicOutputs, remove_stale_temps
-    from .scene import open_scene
-    from .stitch import stream_row_blocks
-    from .windows import plan_windows
-
-    started = time.perf_counter()
-    clock = _Clock()
-    questions = list(questions)
-    targets = list(targets)
-    _check_request(scene_path, questions, targets, options)
-    # Temporaries of runs that were killed (SIGKILL, power loss) are never at a target
-    # path, but they would pile up in the output folders.
-    for folder in {t.path.resolve().parent for t in targets}:
-        for stale in remove_stale_temps(folder):
-            log.debug("removed %s, left by a run that was killed", stale)
-
-    notes: list[str] = []
-    with warnings.catch_warnings(record=True) as caught:
-        # Everything a user should hear about (GDAL and rasterio warnings above all) is
-        # recorded for the summary; deprecations are for developers and stay silent.
-        warnings.simplefilter("always")
-        for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
-            warnings.simplefilter("ignore", category)
-        open_started = time.perf_counter()
-        with open_scene(scene_path, bands=options.bands) as reader:
-            clock.add("open", time.perf_counter() - open_started)
-            scene = reader.scene
-            _check_against_scene(scene, scene_path, targets, options)
-            if not scene.georeferenced:
-                notes.append(f"{scene_path}: has no georeferencing; outputs are in pixel coordinates")
-            with clock("plan"):
-                plan = plan_windows(
-                    scene, options.mode, segmenter.input_size, options.window, options.gsd, options.overlap
-                )
-            log.info("%s: %d x %d px, %s (%d window%s)", scene.name, scene.width, scene.height, plan.reason,
-                     len(plan), "" if len(plan) == 1 else "s")
-
-            counts = {"run": 0, "skipped": 0}
-
-            def on_window(window, ran_model: bool) -> None:
-                counts["run" if ran_model else "skipped"] += 1
-                if progress is not None:
-                    progress(counts["run"] + counts["skipped"], len(plan))
-
-            with AtomicOutputs([t.path for t in targets], overwrite=options.overwrite) as atomic:
-                sinks = _Sinks(reader, questions, targets, atomic, options, segmenter.name)
-                try:
-                    if progress is not None:
-                        progress(0, len(plan))
-                    loop_started = time.perf_counter()
-                    blocks = stream_row_blocks(
-                        _TimedReader(reader, clock), plan, _TimedSegmenter(segmenter, clock), questions,
-                        batch_size=options.batch_size, on_window=on_window,
-                    )
-                    if _validity_is_approximate(scene, plan):
-                        blocks = _with_native_validity(blocks, reader, clock)
-                    for block in blocks:
-                        with clock("write"):
-                            sinks.write(block)
-                    loop = time.perf_counter() - loop_started
-                    accounted = sum(clock.seconds.get(k, 0.0) for k in ("read", "model", "write"))
-                    clock.add("stitch", max(0.0, loop - accounted))
-                    with clock("finish"):
-                        sinks.close()
-                except BaseException:
-                    sinks.abort()
-                    raise
-                commit_started = time.perf_counter()
-            clock.add("commit", time.perf_counter() - commit_started)
-    messages = _unique_messages(notes, caught)
-    for message in messages:
-        log.warning("%s", message)
-
-    summaries = sinks.summaries()
-    results = []
-    for index, question in enumerate(questions):
-        summary = summaries[index]
-        results.append(
-            QuestionResult(
-                question=question,
-                found=summary.polygon_count > 0,
-                pixels=summary.pixel_count,
-                polygons=summary.polygon_count,
-                area_m2=None if summary.total_area_m2 is None else round(float(summary.total_area_m2), 3),
-            )
-        )
-    clock.add("total", time.perf_counter() - started)
-    return QueryReport(
-        scene=str(scene_path),
-        model=segmenter.name,
-        outputs=[
-            {"path": str(t.path), "kind": t.kind, "questions": t.questions(questions)} for t in targets
-        ],
-        questions=results,
-        found=any(r.found for r in results),
-        windows_total=len(plan),
-        windows_run=counts["run"],
-        windows_skipped=counts["skipped"],
-        mode=plan.mode,
-        timings={phase: round(seconds, 3) for phase, seconds in clock.seconds.items()},
-        warnings=messages,
-    )
-
-
 def _validity_is_approximate(scene, plan) -> bool:
     """Whether resampled windows leave the stitched validity short of the file's own."""
     can_be_invalid = scene.validity != "none" or scene.colour == "palette" or scene.dtype.startswith("float")
@@ -392,11 +485,11 @@ def _with_native_validity(blocks, reader, clock: _Clock):
         yield RowBlock(block.row_off, block.probabilities, block.valid & native)
 
 
-def _unique_messages(notes: Sequence[str], caught: Sequence[warnings.WarningMessage]) -> list[str]:
-    """Our own notes and the Python warnings raised during the run, each once, one line each."""
+def _unique_messages(texts: Sequence[str]) -> list[str]:
+    """Our own notes and the warnings raised during the run, each once, one line each."""
     seen: dict[str, None] = {}
-    for text in [*notes, *(str(w.message) for w in caught)]:
-        line = " ".join(text.split())
+    for text in texts:
+        line = one_line(text)
         if line:
             seen.setdefault(line, None)
     return list(seen)

@@ -28,11 +28,10 @@ at full resolution. A window at the file's own resolution is a plain windowed re
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import rasterio
@@ -43,7 +42,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window as RioWindow
 
-from .errors import InputError, first_line
+from .errors import InputError, UsageError, first_line
 from .windows import Window
 
 try:  # GDAL errors surface as these when rasterio does not wrap them
@@ -56,8 +55,6 @@ STRETCH_PERCENTILES = (2.0, 98.0)
 #: Upper bound on the pixels read to measure the stretch.
 STRETCH_SAMPLE_PIXELS = 2**21
 
-#: Stretches measured in this process, by file identity and bands.
-_STRETCHES: dict[tuple, tuple[tuple[float, float], ...]] = {}
 #: Bounds of GDAL's block cache, MB. Its default (5 % of RAM) would count against the
 #: pipeline's memory bound; what window overlap can reuse is the band of blocks one grid
 #: row of windows spans, so the cache is sized to that (see ``_block_cache_bytes``).
@@ -67,6 +64,9 @@ GDAL_CACHE_MAX_MB = 256
 _CACHE_WINDOW_ROWS = 1024
 
 _READ_ERRORS = (RasterioError, _GDALError, OSError)
+
+#: ``fail(problem)``: the InputError "<file>: <problem>" for the scene being opened.
+Fail = Callable[[str], InputError]
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,10 @@ def open_scene(path: str | Path, bands: Optional[Sequence[int]] = None) -> "Scen
 
 
 class SceneReader:
-    """Reads windows of one scene as 8-bit RGB plus a validity mask."""
+    """Reads windows of one scene as 8-bit RGB plus a validity mask.
+
+    Every decision of the module docstring is made once, when the scene is opened.
+    """
 
     def __init__(self, path: str | Path, bands: Optional[Sequence[int]] = None):
         self.path = Path(path)
@@ -130,206 +133,42 @@ class SceneReader:
         self._file = None
         self._src = None
         try:
-            self._open(bands)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self._open(bands)
         except BaseException:
             self.close()
             raise
-
-    # -- opening -----------------------------------------------------------------------
 
     def _fail(self, problem: str) -> InputError:
         return InputError(f"{self._label}: {problem}")
 
     def _open(self, bands: Optional[Sequence[int]]) -> None:
-        path = self.path
-        if not path.exists():
-            raise self._fail("no such file")
-        if path.is_dir():
-            raise self._fail("is a directory, not a raster file")
-        if path.stat().st_size == 0:
-            raise self._fail("empty file (0 bytes)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            try:
-                self._file = rasterio.open(path)
-            except _READ_ERRORS as exc:
-                raise self._fail(_describe_open_error(exc)) from None
-            src = self._file
-            if src.count == 0:
-                subsets = list(getattr(src, "subdatasets", []) or [])
-                hint = f"; open one of its subdatasets, e.g. {subsets[0]}" if subsets else ""
-                raise self._fail(f"has no raster bands{hint}")
-
-            chosen, colour = _choose_bands(src, bands, self._fail)
-            dtypes = [src.dtypes[i - 1] for i in chosen]
-            for dt in dtypes:
-                if np.dtype(dt).kind == "c":
-                    raise self._fail(
-                        f"complex-valued band ({dt}) cannot be shown as an image; convert it to amplitude first"
-                    )
-            dtype = np.result_type(*[np.dtype(dt) for dt in dtypes])
-
-            # Palette indices must not be blended into indexes of other colours.
-            self._data_resampling = Resampling.nearest if colour == "palette" else Resampling.bilinear
-            georeferencing, self._src = self._georeference(src)
-            src = self._src
-            self._bands = tuple(chosen)
-            self._colour = colour
-            self._dtype = dtype
-            # Bands of different types are read as one common type.
-            self._uniform_dtype = len(set(dtypes)) == 1
-            self._float = dtype.kind == "f"
-            self._validity, self._nodata = _validity_kind(src, self._bands)
-            self._palette, self._palette_valid = (
-                _palette_table(self._file, self._bands[0]) if colour == "palette" else (None, None)
-            )
-            stretch = None
-            if colour != "palette" and dtype != np.uint8:
-                stretch = self._remembered_stretch()
-            self._stretch = stretch
-            nodata = None
-            if any(v is not None for v in self._nodata):
-                nodata = tuple(None if v is None else float(v) for v in self._nodata)
-            self.scene = Scene(
-                path=self.path,
-                width=int(src.width),
-                height=int(src.height),
-                count=int(self._file.count),
-                dtype=dtype.name,
-                crs=src.crs,
-                transform=src.transform,
-                georeferencing=georeferencing,
-                warped=src is not self._file,
-                bands=self._bands,
-                colour=colour,
-                stretch=stretch,
-                nodata=nodata,
-                validity=self._validity,
-            )
-
-    def _georeference(self, src):
-        """("transform" | "gcps" | "rpcs" | "none", the dataset to read from)."""
-        if not src.transform.is_identity or src.crs is not None:
-            return "transform", src
-        gcps, gcp_crs = src.gcps
-        rpcs = src.rpcs
-        if not gcps and rpcs is None:
-            return "none", src
-        resampling = self._data_resampling
-        # Without a nodata value the area outside the warped footprint needs an alpha
-        # band to be told apart from real zeros.
-        add_alpha = all(v is None for v in src.nodatavals)
-        try:
-            if gcps:
-                crs = gcp_crs or CRS.from_epsg(4326)
-                vrt = WarpedVRT(src, src_crs=crs, crs=crs, resampling=resampling, add_alpha=add_alpha)
-                return "gcps", vrt
-            vrt = WarpedVRT(
-                src, crs=CRS.from_epsg(4326), resampling=resampling, add_alpha=add_alpha,
-                warp_extras={"SRC_METHOD": "RPC"},
-            )
-            return "rpcs", vrt
-        except _READ_ERRORS as exc:
-            kind = "GCPs" if gcps else "RPCs"
-            raise self._fail(f"located only by {kind}, and warping them to a regular grid failed ({first_line(exc)})")
-
-    def _remembered_stretch(self) -> tuple[tuple[float, float], ...]:
-        # The command line opens a scene once to check the request before loading the model
-        # and once to run it; measuring the stretch reads up to a few megapixels, so the
-        # second open reuses the first measurement unless the file changed in between.
-        try:
-            info = os.stat(self.path)
-        except OSError:  # not a plain file (a GDAL virtual path): nothing to key on
-            return self._measure_stretch()
-        key = (str(Path(self.path).resolve()), info.st_size, info.st_mtime_ns, self._bands)
-        stretch = _STRETCHES.get(key)
-        if stretch is None:
-            stretch = _STRETCHES[key] = self._measure_stretch()
-        return stretch
-
-    def _measure_stretch(self) -> tuple[tuple[float, float], ...]:
-        src = self._src
-        total = src.width * src.height
-        factor = min(1.0, (STRETCH_SAMPLE_PIXELS / total) ** 0.5)
-        out_h = max(1, int(round(src.height * factor)))
-        out_w = max(1, int(round(src.width * factor)))
-        full = RioWindow(0, 0, src.width, src.height)
-        # Nearest keeps the sample made of real pixel values (and lets GDAL use overviews).
-        data, valid = self._read_raw(full, out_h, out_w, Resampling.nearest)
-        stretch = []
-        low_q, high_q = STRETCH_PERCENTILES
-        for channel in data:
-            values = channel[valid]
-            if values.size == 0:
-                stretch.append((0.0, 1.0))
-                continue
-            low, high = np.percentile(values.astype(np.float64), [low_q, high_q])
-            if not high > low:
-                # A flat channel: centre its single value instead of mapping it to black.
-                low, high = float(low) - 0.5, float(low) + 0.5
-            stretch.append((float(low), float(high)))
-        return tuple(stretch)
+        self._file = _open_file(self.path, self._fail)
+        chosen, colour = _choose_bands(self._file, bands, self._fail)
+        # Palette indices must not be blended into indexes of other colours.
+        self._data_resampling = Resampling.nearest if colour == "palette" else Resampling.bilinear
+        georeferencing, self._src = _georeference(self._file, self._data_resampling, self._fail)
+        self._bands = _BandReader(self._src, chosen, self._fail)
+        self._palette = _Palette(self._file, chosen[0]) if colour == "palette" else None
+        dtype = self._bands.dtype
+        self._stretch = _measure_stretch(self._bands) if colour != "palette" and dtype != np.uint8 else None
+        nodata = None
+        if any(v is not None for v in self._bands.nodata):
+            nodata = tuple(None if v is None else float(v) for v in self._bands.nodata)
+        self.scene = Scene(
+            path=self.path, width=int(self._src.width), height=int(self._src.height), count=int(self._file.count),
+            dtype=dtype.name, crs=self._src.crs, transform=self._src.transform, georeferencing=georeferencing,
+            warped=self._src is not self._file, bands=self._bands.bands, colour=colour, stretch=self._stretch,
+            nodata=nodata, validity=self._bands.validity,
+        )
 
     # -- reading -----------------------------------------------------------------------
-
-    def _read_raw(self, rio_window: RioWindow, out_h: int, out_w: int, resampling: Resampling):
-        """Chosen bands as stored (k, out_h, out_w) and validity (out_h, out_w)."""
-        src = self._src
-        native = out_h == rio_window.height and out_w == rio_window.width
-        try:
-            sizing = {} if native else {"out_shape": (out_h, out_w), "resampling": resampling}
-            if self._uniform_dtype:
-                if not native:
-                    sizing["out_shape"] = (len(self._bands), out_h, out_w)
-                data = src.read(self._bands, window=rio_window, **sizing)
-            else:
-                # rasterio reads several bands in one call only when they share a type.
-                data = np.empty((len(self._bands), out_h, out_w), dtype=self._dtype)
-                for position, band in enumerate(self._bands):
-                    data[position] = src.read(band, window=rio_window, **sizing)
-            valid = self._validity_from(rio_window, out_h, out_w, data if native else None)
-        except _READ_ERRORS as exc:
-            raise self._read_error(rio_window, exc) from None
-        if self._float:
-            valid &= np.isfinite(data).all(axis=0)
-        return data, valid
-
-    def _validity_from(self, rio_window: RioWindow, out_h: int, out_w: int, native_data=None) -> np.ndarray:
-        kind = self._validity
-        src = self._src
-        if kind == "none":
-            return np.ones((out_h, out_w), dtype=bool)
-        if kind in ("mask", "alpha"):
-            # A per-dataset mask or alpha is the same for every band: read it once.
-            mask = src.read_masks(
-                self._bands[0], window=rio_window, out_shape=(out_h, out_w), resampling=Resampling.nearest
-            )
-            return mask > 0
-        if native_data is not None:
-            valid = np.zeros((out_h, out_w), dtype=bool)
-            # Every chosen band has a nodata value here (see _validity_kind).
-            for channel, nodata in zip(native_data, self._nodata):
-                if isinstance(nodata, float) and np.isnan(nodata):
-                    valid |= ~np.isnan(channel)
-                else:
-                    valid |= channel != nodata
-            return valid
-        masks = src.read_masks(
-            self._bands, window=rio_window, out_shape=(len(self._bands), out_h, out_w), resampling=Resampling.nearest
-        )
-        return (masks > 0).any(axis=0)
-
-    def _read_error(self, rio_window: RioWindow, exc: BaseException) -> InputError:
-        where = f"{int(rio_window.width)}x{int(rio_window.height)} px at column {int(rio_window.col_off)}, row {int(rio_window.row_off)}"
-        return self._fail(f"read failed for {where}: {first_line(exc)}")
 
     def _to_rgb(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Stored values (k, h, w) -> uint8 (3, h, w); invalid pixels become 0."""
         if self._palette is not None:
-            index = data[0].astype(np.intp, copy=False)
-            np.clip(index, 0, len(self._palette) - 1, out=index)
-            valid &= self._palette_valid[index]
-            rgb = np.ascontiguousarray(np.moveaxis(self._palette[index], -1, 0))
+            rgb = self._palette.to_rgb(data[0], valid)
         else:
             if self._stretch is None:
                 channels = data if data.dtype == np.uint8 else data.astype(np.uint8)
@@ -342,7 +181,7 @@ class SceneReader:
 
     def _rect(self, col_off: int, row_off: int, width: int, height: int, out_w: int, out_h: int):
         rio_window = RioWindow(col_off, row_off, width, height)
-        data, valid = self._read_raw(rio_window, out_h, out_w, self._data_resampling)
+        data, valid = self._bands.read(rio_window, out_h, out_w, self._data_resampling)
         return self._to_rgb(data, valid), valid
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
@@ -351,7 +190,7 @@ class SceneReader:
         Only the window's source rectangle is read, resampled into the destination
         rectangle; the padding around it is 0 and invalid.
         """
-        self._check(window)
+        _check_inside(window, self.scene)
         rgb, valid = self._rect(
             window.col_off, window.row_off, window.width, window.height, window.dst_width, window.dst_height
         )
@@ -363,20 +202,20 @@ class SceneReader:
         canvas_valid[rows, cols] = valid
         return canvas, canvas_valid
 
+    def _validity_needs_values(self) -> bool:
+        """NaNs and transparent palette entries are only known from the pixel values."""
+        return self._bands.is_float or self._palette is not None
+
     def read_valid(self, window: Window) -> np.ndarray:
         """Only the validity canvas (S, S) of ``read``: cheap when validity needs no pixel values."""
-        self._check(window)
-        if self._float or self._palette is not None or (self._validity == "nodata" and window.native):
-            # These need the pixel values (NaNs, palette alpha, nodata compared in place).
+        _check_inside(window, self.scene)
+        if self._validity_needs_values() or (self._bands.validity == "nodata" and window.native):
+            # Nodata at the file's own resolution is compared in place, in the values.
             _, valid = self.read(window)
             return valid
         rio_window = RioWindow(window.col_off, window.row_off, window.width, window.height)
-        try:
-            valid = self._validity_from(rio_window, window.dst_height, window.dst_width)
-        except _READ_ERRORS as exc:
-            raise self._read_error(rio_window, exc) from None
         canvas = np.zeros((window.size, window.size), dtype=bool)
-        canvas[window.dst_slices] = valid
+        canvas[window.dst_slices] = self._bands.read_validity(rio_window, window.dst_height, window.dst_width)
         return canvas
 
     def read_valid_rows(self, row_off: int, height: int) -> np.ndarray:
@@ -386,15 +225,10 @@ class SceneReader:
         this so that every invalid input pixel is nodata whatever the windows were.
         """
         width = self.scene.width
-        rio_window = RioWindow(0, row_off, width, height)
-        if self._float or self._palette is not None:
-            # NaNs and transparent palette entries are only known from the values.
+        if self._validity_needs_values():
             _, valid = self._rect(0, row_off, width, height, width, height)
             return valid
-        try:
-            return self._validity_from(rio_window, height, width)
-        except _READ_ERRORS as exc:
-            raise self._read_error(rio_window, exc) from None
+        return self._bands.read_validity(RioWindow(0, row_off, width, height), height, width)
 
     def read_overview(self, max_side: int) -> tuple[np.ndarray, np.ndarray]:
         """The whole scene reduced so its long side is at most ``max_side``: (rgb (3,h,w), valid (h,w)).
@@ -406,14 +240,6 @@ class SceneReader:
         width, height = self.scene.width, self.scene.height
         out_w, out_h = overview_size(width, height, max_side)
         return self._rect(0, 0, width, height, out_w, out_h)
-
-    def _check(self, window: Window) -> None:
-        if (
-            window.col_off < 0 or window.row_off < 0 or window.width < 1 or window.height < 1
-            or window.col_off + window.width > self.scene.width
-            or window.row_off + window.height > self.scene.height
-        ):
-            raise ValueError(f"window {window} is not inside the {self.scene.width}x{self.scene.height} scene")
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -431,6 +257,186 @@ class SceneReader:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+class _BandReader:
+    """The chosen bands as stored, and which of their pixels are valid (see the module docstring).
+
+    A read at another size than the window's is resampled by GDAL inside the read.
+    """
+
+    def __init__(self, src, bands: Sequence[int], fail: Fail):
+        self.src = src
+        self.bands = tuple(bands)
+        dtypes = [src.dtypes[i - 1] for i in self.bands]
+        for dt in dtypes:
+            if np.dtype(dt).kind == "c":
+                raise fail(f"complex-valued band ({dt}) cannot be shown as an image; convert it to amplitude first")
+        self.dtype = np.result_type(*[np.dtype(dt) for dt in dtypes])
+        # Bands of different types are read as one common type.
+        self._uniform_dtype = len(set(dtypes)) == 1
+        self.is_float = self.dtype.kind == "f"
+        self.validity, self.nodata = _validity_kind(src, self.bands)
+        self._fail = fail
+
+    def read(self, rio_window: RioWindow, out_h: int, out_w: int, resampling: Resampling):
+        """Chosen bands as stored (k, out_h, out_w) and validity (out_h, out_w)."""
+        native = out_h == rio_window.height and out_w == rio_window.width
+        try:
+            data = self._read_values(rio_window, out_h, out_w, resampling, native)
+            valid = self._validity(rio_window, out_h, out_w, data if native else None)
+        except _READ_ERRORS as exc:
+            raise self._read_error(rio_window, exc) from None
+        if self.is_float:
+            valid &= np.isfinite(data).all(axis=0)
+        return data, valid
+
+    def read_validity(self, rio_window: RioWindow, out_h: int, out_w: int) -> np.ndarray:
+        """Validity (out_h, out_w) from the mask, alpha or nodata alone, without the values' NaNs."""
+        try:
+            return self._validity(rio_window, out_h, out_w)
+        except _READ_ERRORS as exc:
+            raise self._read_error(rio_window, exc) from None
+
+    def _read_values(self, rio_window: RioWindow, out_h: int, out_w: int, resampling: Resampling, native: bool):
+        sizing = {} if native else {"out_shape": (out_h, out_w), "resampling": resampling}
+        if self._uniform_dtype:
+            if not native:
+                sizing["out_shape"] = (len(self.bands), out_h, out_w)
+            return self.src.read(self.bands, window=rio_window, **sizing)
+        # rasterio reads several bands in one call only when they share a type.
+        data = np.empty((len(self.bands), out_h, out_w), dtype=self.dtype)
+        for position, band in enumerate(self.bands):
+            data[position] = self.src.read(band, window=rio_window, **sizing)
+        return data
+
+    def _validity(self, rio_window: RioWindow, out_h: int, out_w: int, native_data=None) -> np.ndarray:
+        if self.validity == "none":
+            return np.ones((out_h, out_w), dtype=bool)
+        if self.validity in ("mask", "alpha"):
+            # A per-dataset mask or alpha is the same for every band: read it once.
+            mask = self.src.read_masks(
+                self.bands[0], window=rio_window, out_shape=(out_h, out_w), resampling=Resampling.nearest
+            )
+            return mask > 0
+        if native_data is not None:
+            valid = np.zeros((out_h, out_w), dtype=bool)
+            # Every chosen band has a nodata value here (see _validity_kind).
+            for channel, nodata in zip(native_data, self.nodata):
+                if isinstance(nodata, float) and np.isnan(nodata):
+                    valid |= ~np.isnan(channel)
+                else:
+                    valid |= channel != nodata
+            return valid
+        masks = self.src.read_masks(
+            self.bands, window=rio_window, out_shape=(len(self.bands), out_h, out_w), resampling=Resampling.nearest
+        )
+        return (masks > 0).any(axis=0)
+
+    def _read_error(self, rio_window: RioWindow, exc: BaseException) -> InputError:
+        where = (f"{int(rio_window.width)}x{int(rio_window.height)} px at column {int(rio_window.col_off)}, "
+                 f"row {int(rio_window.row_off)}")
+        return self._fail(f"read failed for {where}: {first_line(exc)}")
+
+
+class _Palette:
+    """A palette band's colour table: RGB per index, and which entries are not fully transparent."""
+
+    def __init__(self, src, band: int):
+        colormap = src.colormap(band)
+        size = max(256, max(colormap) + 1)
+        self.table = np.zeros((size, 3), dtype=np.uint8)
+        self.usable = np.ones(size, dtype=bool)
+        for index, rgba in colormap.items():
+            self.table[index] = rgba[:3]
+            self.usable[index] = len(rgba) < 4 or rgba[3] > 0
+
+    def to_rgb(self, indexes: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """uint8 (3, h, w) colours of an index plane; clears ``valid`` where the entry is transparent."""
+        index = indexes.astype(np.intp, copy=False)
+        np.clip(index, 0, len(self.table) - 1, out=index)
+        valid &= self.usable[index]
+        return np.ascontiguousarray(np.moveaxis(self.table[index], -1, 0))
+
+
+def _open_file(path: Path, fail: Fail):
+    """The rasterio dataset of ``path``, or the InputError that says why it cannot be used."""
+    if not path.exists():
+        raise fail("no such file")
+    if path.is_dir():
+        raise fail("is a directory, not a raster file")
+    if path.stat().st_size == 0:
+        raise fail("empty file (0 bytes)")
+    try:
+        src = rasterio.open(path)
+    except _READ_ERRORS as exc:
+        raise fail(_describe_open_error(exc)) from None
+    if src.count == 0:
+        subsets = list(getattr(src, "subdatasets", []) or [])
+        src.close()
+        hint = f"; open one of its subdatasets, e.g. {subsets[0]}" if subsets else ""
+        raise fail(f"has no raster bands{hint}")
+    return src
+
+
+def _georeference(src, resampling: Resampling, fail: Fail):
+    """("transform" | "gcps" | "rpcs" | "none", the dataset to read from)."""
+    if not src.transform.is_identity or src.crs is not None:
+        return "transform", src
+    gcps, gcp_crs = src.gcps
+    rpcs = src.rpcs
+    if not gcps and rpcs is None:
+        return "none", src
+    # Without a nodata value the area outside the warped footprint needs an alpha
+    # band to be told apart from real zeros.
+    add_alpha = all(v is None for v in src.nodatavals)
+    try:
+        if gcps:
+            crs = gcp_crs or CRS.from_epsg(4326)
+            vrt = WarpedVRT(src, src_crs=crs, crs=crs, resampling=resampling, add_alpha=add_alpha)
+            return "gcps", vrt
+        vrt = WarpedVRT(
+            src, crs=CRS.from_epsg(4326), resampling=resampling, add_alpha=add_alpha,
+            warp_extras={"SRC_METHOD": "RPC"},
+        )
+        return "rpcs", vrt
+    except _READ_ERRORS as exc:
+        kind = "GCPs" if gcps else "RPCs"
+        raise fail(f"located only by {kind}, and warping them to a regular grid failed ({first_line(exc)})")
+
+
+def _measure_stretch(bands: _BandReader) -> tuple[tuple[float, float], ...]:
+    """Per band (low, high): the STRETCH_PERCENTILES of its valid pixels in a decimated read."""
+    src = bands.src
+    total = src.width * src.height
+    factor = min(1.0, (STRETCH_SAMPLE_PIXELS / total) ** 0.5)
+    out_h = max(1, int(round(src.height * factor)))
+    out_w = max(1, int(round(src.width * factor)))
+    full = RioWindow(0, 0, src.width, src.height)
+    # Nearest keeps the sample made of real pixel values (and lets GDAL use overviews).
+    data, valid = bands.read(full, out_h, out_w, Resampling.nearest)
+    stretch = []
+    low_q, high_q = STRETCH_PERCENTILES
+    for channel in data:
+        values = channel[valid]
+        if values.size == 0:
+            stretch.append((0.0, 1.0))
+            continue
+        low, high = np.percentile(values.astype(np.float64), [low_q, high_q])
+        if not high > low:
+            # A flat channel: centre its single value instead of mapping it to black.
+            low, high = float(low) - 0.5, float(low) + 0.5
+        stretch.append((float(low), float(high)))
+    return tuple(stretch)
+
+
+def _check_inside(window: Window, scene: Scene) -> None:
+    if (
+        window.col_off < 0 or window.row_off < 0 or window.width < 1 or window.height < 1
+        or window.col_off + window.width > scene.width
+        or window.row_off + window.height > scene.height
+    ):
+        raise ValueError(f"window {window} is not inside the {scene.width}x{scene.height} scene")
 
 
 def overview_size(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -468,13 +474,19 @@ def _describe_open_error(exc: BaseException) -> str:
     return f"cannot be opened as a raster ({text})"
 
 
+def check_band_choice(bands: Sequence[int]) -> None:
+    """Raise UsageError unless ``bands`` names one band (gray) or three (red, green, blue), 1-based."""
+    if len(bands) not in (1, 3) or any(int(b) < 1 for b in bands):
+        given = ",".join(str(b) for b in bands)
+        raise UsageError(f"--bands {given}: give one band (gray) or three (red,green,blue), 1-based, e.g. 4,3,2")
+
+
 def _choose_bands(src, bands: Optional[Sequence[int]], fail) -> tuple[list[int], str]:
     """(1-based band indexes, "rgb" | "gray" | "palette")."""
     interps = list(src.colorinterp)
     if bands is not None:
+        check_band_choice(bands)
         chosen = [int(b) for b in bands]
-        if len(chosen) not in (1, 3):
-            raise fail(f"--bands names {len(chosen)} bands; give one (gray) or three (red,green,blue)")
         for b in chosen:
             if not 1 <= b <= src.count:
                 raise fail(f"--bands asks for band {b}, but the file has {src.count} band{'s' if src.count != 1 else ''}")
@@ -496,18 +508,6 @@ def _has_colormap(src, band: int) -> bool:
         return bool(src.colormap(band))
     except (ValueError, *_READ_ERRORS):
         return False
-
-
-def _palette_table(src, band: int) -> tuple[np.ndarray, np.ndarray]:
-    """(RGB lookup (N, 3) uint8, entry usable (N,) bool); a fully transparent entry is invalid."""
-    colormap = src.colormap(band)
-    size = max(256, max(colormap) + 1)
-    table = np.zeros((size, 3), dtype=np.uint8)
-    usable = np.ones(size, dtype=bool)
-    for index, rgba in colormap.items():
-        table[index] = rgba[:3]
-        usable[index] = len(rgba) < 4 or rgba[3] > 0
-    return table, usable
 
 
 def _validity_kind(src, bands: tuple[int, ...]) -> tuple[str, tuple]:

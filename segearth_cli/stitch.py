@@ -20,7 +20,6 @@ Rows are released as soon as the next window in plan order starts below them; me
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -140,46 +139,12 @@ class Stitcher:
         self.plan = plan
         self.num_questions = int(num_questions)
         self.block_rows = max(1, int(block_rows))
-        self._ramp = int(plan.overlap)
         self._next = 0  # index in plan of the next window expected
         self._released = 0  # rows [0, _released) have been handed out
         self._pending: Optional[Iterator[RowBlock]] = None
-        self._weights_cache: dict = {}
-        self._axis_cache: dict = {}
-        self._scratch_buffer: Optional[np.ndarray] = None
         # A single window is the only contributor to every row it covers: its rows can be
         # mapped and released strip by strip, so whole mode on a huge scene stays bounded.
-        self._single = len(plan) == 1
-        self._single_input: Optional[tuple[np.ndarray, np.ndarray]] = None
-        self.buffer_rows = 0 if self._single else self._rows_needed(plan)
-        # Accumulators for scene rows [_base, _base + buffer_rows).
-        self._base = 0
-        self._acc = np.zeros((self.num_questions, self.buffer_rows, self.width), dtype=np.float32)
-        self._wsum = np.zeros((self.buffer_rows, self.width), dtype=np.float32)
-        self._divisor = np.empty((min(self.block_rows, max(self.buffer_rows, 1)), self.width), dtype=np.float32)
-
-    @staticmethod
-    def _rows_needed(plan: WindowPlan) -> int:
-        """Rows the accumulators must span: from the oldest unreleased row to the lowest row touched."""
-        need = 0
-        base = 0
-        reach = 0
-        windows = plan.windows
-        for index, window in enumerate(windows):
-            reach = max(reach, window.row_off + window.height)
-            need = max(need, reach - base)
-            if index + 1 < len(windows) and windows[index + 1].row_off != window.row_off:
-                base = max(base, windows[index + 1].row_off)
-        return max(need, 1)
-
-    # -- feeding -----------------------------------------------------------------------
-
-    def _take(self, window: Window) -> None:
-        if self._pending is not None:
-            raise RuntimeError("consume the RowBlocks returned by the previous add()/skip() first")
-        if self._next >= len(self.plan) or self.plan.windows[self._next] != window:
-            raise ValueError(f"windows must be fed in plan order; expected #{self._next}, got {window}")
-        self._next += 1
+        self._blend = None if len(plan) == 1 else _WindowBlend(plan, self.num_questions, self.block_rows)
 
     def add(self, window: Window, probabilities: np.ndarray, valid: np.ndarray) -> Iterator[RowBlock]:
         """Blend one window's canvas probabilities (M, S, S) with its canvas validity (S, S)."""
@@ -190,11 +155,123 @@ class Stitcher:
             raise ValueError(f"valid has shape {valid.shape}, expected {expected[1:]}")
         self._take(window)
         rows, cols = window.dst_slices
-        planes = probabilities[:, rows, cols]
-        canvas_valid = valid[rows, cols]
-        if self._single:
-            self._single_input = (planes, canvas_valid)
-            return self._hold(self._release_single(window))
+        planes, canvas_valid = probabilities[:, rows, cols], valid[rows, cols]
+        if self._blend is None:
+            return self._hold(self._release_single(window, (planes, canvas_valid)))
+        self._blend.add(window, planes, canvas_valid)
+        return self._after_window()
+
+    def skip(self, window: Window) -> Iterator[RowBlock]:
+        """Declare a window that had no valid pixel: it contributes nothing, rows still move on."""
+        self._take(window)
+        if self._blend is None:
+            return self._hold(self._release_single(window, None))
+        return self._after_window()
+
+    def finish(self) -> Iterator[RowBlock]:
+        """The remaining rows, after every window was added or skipped."""
+        if self._next != len(self.plan):
+            raise RuntimeError(f"{len(self.plan) - self._next} window(s) of the plan were never added or skipped")
+        if self._pending is not None:
+            raise RuntimeError("consume the RowBlocks returned by the previous add()/skip() first")
+        return self._hold(self._release(self.height))
+
+    def _take(self, window: Window) -> None:
+        if self._pending is not None:
+            raise RuntimeError("consume the RowBlocks returned by the previous add()/skip() first")
+        if self._next >= len(self.plan) or self.plan.windows[self._next] != window:
+            raise ValueError(f"windows must be fed in plan order; expected #{self._next}, got {window}")
+        self._next += 1
+
+    def _after_window(self) -> Iterator[RowBlock]:
+        if self._next < len(self.plan):
+            upto = min(self.plan.windows[self._next].row_off, self.height)
+        else:
+            upto = self.height
+        if upto <= self._released:
+            return iter(())
+        return self._hold(self._release(upto))
+
+    def _hold(self, blocks: Iterator[RowBlock]) -> Iterator[RowBlock]:
+        def guarded() -> Iterator[RowBlock]:
+            try:
+                yield from blocks
+            finally:
+                self._pending = None
+
+        self._pending = guarded()
+        return self._pending
+
+    def _release(self, upto: int) -> Iterator[RowBlock]:
+        """Hand out rows [_released, upto) in blocks; no window still to come can change them."""
+        while self._released < upto:
+            start = self._released
+            stop = min(upto, start + self.block_rows)
+            if self._blend is None:  # a single window already released its rows
+                block = _empty_block(self.num_questions, start, stop, self.width)
+            else:
+                block = self._blend.take_rows(start, stop)
+            self._released = stop
+            yield block
+        if self._blend is not None:
+            self._blend.slide(upto)
+
+    def _release_single(self, window: Window, data) -> Iterator[RowBlock]:
+        """Map the only window back strip by strip; rows outside it are uncovered."""
+        if data is not None:
+            planes, canvas_valid = data
+            planes = np.asarray(planes, dtype=np.float32)
+            row_map, col_map = _AxisMap(window.dst_height, window.height), _AxisMap(window.dst_width, window.width)
+        while self._released < self.height:
+            start = self._released
+            stop = min(self.height, start + self.block_rows)
+            block = _empty_block(self.num_questions, start, stop, self.width)
+            lo, hi = max(start, window.row_off), min(stop, window.row_off + window.height)
+            if data is not None and lo < hi:
+                rows = slice(lo - window.row_off, hi - window.row_off)
+                cols = slice(window.col_off, window.col_off + window.width)
+                out_rows = slice(lo - start, hi - start)
+                if window.native:
+                    strip, strip_valid = planes[:, rows], canvas_valid[rows]
+                else:
+                    strip = _resample(planes, row_map, col_map, rows)
+                    strip_valid = canvas_valid[row_map.nearest[rows][:, None], col_map.nearest[None, :]]
+                block.probabilities[:, out_rows, cols] = np.where(strip_valid, strip, 0.0)
+                block.valid[out_rows, cols] = strip_valid
+                np.clip(block.probabilities, 0.0, 1.0, out=block.probabilities)
+            self._released = stop
+            yield block
+
+
+def _empty_block(num_questions: int, start: int, stop: int, width: int) -> RowBlock:
+    """Rows [start, stop) that no window covered: probability 0, invalid."""
+    return RowBlock(row_off=start, probabilities=np.zeros((num_questions, stop - start, width), dtype=np.float32),
+                    valid=np.zeros((stop - start, width), dtype=bool))
+
+
+class _WindowBlend:
+    """Weighted sums of several windows over the scene rows they can still change.
+
+    The accumulators cover scene rows ``[base, base + rows)``: from the oldest row not yet
+    released down to the lowest row a window of the current grid row touches.
+    """
+
+    def __init__(self, plan: WindowPlan, num_questions: int, block_rows: int):
+        self.width = int(plan.scene_width)
+        self.height = int(plan.scene_height)
+        self.num_questions = num_questions
+        self.rows = _rows_needed(plan)
+        self._ramp = int(plan.overlap)
+        self._base = 0
+        self._acc = np.zeros((num_questions, self.rows, self.width), dtype=np.float32)
+        self._wsum = np.zeros((self.rows, self.width), dtype=np.float32)
+        self._divisor = np.empty((min(block_rows, self.rows), self.width), dtype=np.float32)
+        self._weights_cache: dict = {}
+        self._axis_cache: dict = {}
+        self._scratch_buffer: Optional[np.ndarray] = None
+
+    def add(self, window: Window, planes: np.ndarray, canvas_valid: np.ndarray) -> None:
+        """Add a window's cropped planes (M, dst_h, dst_w), weighted, onto its source rectangle."""
         row_map, col_map = self._axis_maps(window)
         if window.native:
             source_valid = canvas_valid
@@ -220,44 +297,46 @@ class Stitcher:
                 strip *= weight[s0:s1]
                 acc[:, s0:s1] += strip
         self._wsum[r0:r1, c0:c1] += weight
-        return self._after_window()
 
-    def skip(self, window: Window) -> Iterator[RowBlock]:
-        """Declare a window that had no valid pixel: it contributes nothing, rows still move on."""
-        self._take(window)
-        if self._single:
-            self._single_input = None
-            return self._hold(self._release_single(window))
-        return self._after_window()
+    def take_rows(self, start: int, stop: int) -> RowBlock:
+        """The blend of scene rows [start, stop), which are then zeroed for the windows to come."""
+        # Rows past the accumulators were touched by no window (a plan with gaps).
+        b0 = start - self._base
+        b1 = min(stop - self._base, self.rows)
+        held = max(0, b1 - b0)
+        shape = (self.num_questions, stop - start, self.width)
+        probabilities = np.empty(shape, np.float32) if held == stop - start else np.zeros(shape, np.float32)
+        valid = np.zeros((stop - start, self.width), dtype=bool)
+        if held:
+            wsum = self._wsum[b0:b1]
+            acc = self._acc[:, b0:b1]
+            np.greater(wsum, 0, out=valid[:held])
+            # Where no weight arrived the accumulator is 0 too, so dividing by a tiny
+            # positive number yields the 0 wanted there, without a masked division.
+            divisor = self._divisor[:held]
+            np.maximum(wsum, np.float32(1e-30), out=divisor)
+            out = probabilities[:, :held]
+            np.divide(acc, divisor, out=out)
+            np.minimum(out, np.float32(1.0), out=out)
+            # Reset these rows for the windows to come while they are still in cache.
+            acc.fill(0)
+            wsum.fill(0)
+        return RowBlock(row_off=start, probabilities=probabilities, valid=valid)
 
-    def finish(self) -> Iterator[RowBlock]:
-        """The remaining rows, after every window was added or skipped."""
-        if self._next != len(self.plan):
-            raise RuntimeError(f"{len(self.plan) - self._next} window(s) of the plan were never added or skipped")
-        if self._pending is not None:
-            raise RuntimeError("consume the RowBlocks returned by the previous add()/skip() first")
-        return self._hold(self._release(self.height))
-
-    # -- internals ---------------------------------------------------------------------
-
-    def _after_window(self) -> Iterator[RowBlock]:
-        if self._next < len(self.plan):
-            upto = min(self.plan.windows[self._next].row_off, self.height)
-        else:
-            upto = self.height
-        if upto <= self._released:
-            return iter(())
-        return self._hold(self._release(upto))
-
-    def _hold(self, blocks: Iterator[RowBlock]) -> Iterator[RowBlock]:
-        def guarded() -> Iterator[RowBlock]:
-            try:
-                yield from blocks
-            finally:
-                self._pending = None
-
-        self._pending = guarded()
-        return self._pending
+    def slide(self, new_base: int) -> None:
+        """Move the rows still open to the top; released rows were already zeroed."""
+        shift = new_base - self._base
+        if shift <= 0:
+            return
+        keep = self.rows - shift
+        if keep > 0:
+            self._acc[:, :keep] = self._acc[:, shift:]
+            self._wsum[:keep] = self._wsum[shift:]
+            # The rows the open ones came from; the rest of [keep, shift) is already zero.
+            tail = max(keep, shift)
+            self._acc[:, tail:] = 0
+            self._wsum[tail:] = 0
+        self._base = new_base
 
     def _scratch(self, height: int, width: int) -> np.ndarray:
         # Reused between windows: a fresh multi-megabyte temporary per window costs page faults.
@@ -288,80 +367,19 @@ class Stitcher:
             self._weights_cache[key] = weight
         return weight
 
-    def _release(self, upto: int) -> Iterator[RowBlock]:
-        """Hand out rows [_released, upto) in blocks, then slide the accumulators down."""
-        while self._released < upto:
-            start = self._released
-            stop = min(upto, start + self.block_rows)
-            # Rows past the accumulators were touched by no window (a plan with gaps).
-            b0 = start - self._base
-            b1 = min(stop - self._base, self.buffer_rows)
-            held = max(0, b1 - b0)
-            shape = (self.num_questions, stop - start, self.width)
-            probabilities = np.empty(shape, np.float32) if held == stop - start else np.zeros(shape, np.float32)
-            valid = np.zeros((stop - start, self.width), dtype=bool)
-            if held:
-                wsum = self._wsum[b0:b1]
-                acc = self._acc[:, b0:b1]
-                np.greater(wsum, 0, out=valid[:held])
-                # Where no weight arrived the accumulator is 0 too, so dividing by a tiny
-                # positive number yields the 0 wanted there, without a masked division.
-                divisor = self._divisor[:held]
-                np.maximum(wsum, np.float32(1e-30), out=divisor)
-                out = probabilities[:, :held]
-                np.divide(acc, divisor, out=out)
-                np.minimum(out, np.float32(1.0), out=out)
-                # Reset these rows for the windows to come while they are still in cache.
-                acc.fill(0)
-                wsum.fill(0)
-            self._released = stop
-            yield RowBlock(row_off=start, probabilities=probabilities, valid=valid)
-        self._slide(upto)
 
-    def _slide(self, new_base: int) -> None:
-        """Move the rows still open to the top; released rows were already zeroed."""
-        shift = new_base - self._base
-        if shift <= 0:
-            return
-        keep = self.buffer_rows - shift
-        if keep > 0:
-            self._acc[:, :keep] = self._acc[:, shift:]
-            self._wsum[:keep] = self._wsum[shift:]
-            # The rows the open ones came from; the rest of [keep, shift) is already zero.
-            tail = max(keep, shift)
-            self._acc[:, tail:] = 0
-            self._wsum[tail:] = 0
-        self._base = new_base
-
-    def _release_single(self, window: Window) -> Iterator[RowBlock]:
-        """Map the only window back strip by strip; rows outside it are uncovered."""
-        upto = self.height
-        data = self._single_input
-        self._single_input = None
-        if data is not None:
-            planes, canvas_valid = data
-            planes = np.asarray(planes, dtype=np.float32)
-            row_map, col_map = _AxisMap(window.dst_height, window.height), _AxisMap(window.dst_width, window.width)
-        while self._released < upto:
-            start = self._released
-            stop = min(upto, start + self.block_rows)
-            probabilities = np.zeros((self.num_questions, stop - start, self.width), dtype=np.float32)
-            valid = np.zeros((stop - start, self.width), dtype=bool)
-            lo, hi = max(start, window.row_off), min(stop, window.row_off + window.height)
-            if data is not None and lo < hi:
-                rows = slice(lo - window.row_off, hi - window.row_off)
-                cols = slice(window.col_off, window.col_off + window.width)
-                out_rows = slice(lo - start, hi - start)
-                if window.native:
-                    strip, strip_valid = planes[:, rows], canvas_valid[rows]
-                else:
-                    strip = _resample(planes, row_map, col_map, rows)
-                    strip_valid = canvas_valid[row_map.nearest[rows][:, None], col_map.nearest[None, :]]
-                probabilities[:, out_rows, cols] = np.where(strip_valid, strip, 0.0)
-                valid[out_rows, cols] = strip_valid
-                np.clip(probabilities, 0.0, 1.0, out=probabilities)
-            self._released = stop
-            yield RowBlock(row_off=start, probabilities=probabilities, valid=valid)
+def _rows_needed(plan: WindowPlan) -> int:
+    """Rows the accumulators must span: from the oldest unreleased row to the lowest row touched."""
+    need = 0
+    base = 0
+    reach = 0
+    windows = plan.windows
+    for index, window in enumerate(windows):
+        reach = max(reach, window.row_off + window.height)
+        need = max(need, reach - base)
+        if index + 1 < len(windows) and windows[index + 1].row_off != window.row_off:
+            base = max(base, windows[index + 1].row_off)
+    return max(need, 1)
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -381,15 +399,12 @@ def stream_row_blocks(
     questions: Sequence[str],
     batch_size: int = 1,
     on_window: Optional[Callable[[Window, bool], None]] = None,
-    prefetch: bool = False,
 ) -> Iterator[RowBlock]:
     """Read, segment and stitch every window of ``plan``; yield the scene's RowBlocks in order.
 
     Windows without a valid pixel are skipped without a model call. Windows reach the
-    segmenter ``batch_size`` at a time. ``on_window(window, ran_model)`` is called after
-    each window is read (for progress and counts). ``prefetch`` reads the next window in a
-    background thread while the current one is processed (``reader.read`` is then called
-    from that thread, so a wrapper around the reader must be thread-safe).
+    segmenter ``batch_size`` at a time. ``reader.read`` is called once per window, in plan
+    order; ``on_window(window, ran_model)`` after each read (for progress and counts).
     """
     stitcher = Stitcher(plan, len(questions))
     # Windows read since the last model call, in plan order, with their validity (None for
@@ -415,26 +430,15 @@ def stream_row_blocks(
         queue.clear()
         batch.clear()
 
-    windows = plan.windows
-    # The next window is read in a worker thread while this one is blended: GDAL decodes
-    # with the GIL released, so reading and numpy work overlap on two cores. Only that
-    # worker touches the dataset while the loop runs.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segearth-read") as pool:
-        upcoming = pool.submit(reader.read, windows[0]) if prefetch else None
-        for index, window in enumerate(windows):
-            if prefetch:
-                rgb, valid = upcoming.result()
-                if index + 1 < len(windows):
-                    upcoming = pool.submit(reader.read, windows[index + 1])
-            else:
-                rgb, valid = reader.read(window)
-            has_valid = bool(valid.any())
-            queue.append((window, valid if has_valid else None))
-            if has_valid:
-                batch.append(rgb)
-            if on_window is not None:
-                on_window(window, has_valid)
-            if len(batch) >= batch_size or (not batch and queue):
-                yield from drain()
+    for window in plan.windows:
+        rgb, valid = reader.read(window)
+        has_valid = bool(valid.any())
+        queue.append((window, valid if has_valid else None))
+        if has_valid:
+            batch.append(rgb)
+        if on_window is not None:
+            on_window(window, has_valid)
+        if len(batch) >= batch_size or (not batch and queue):
+            yield from drain()
     yield from drain()
     yield from stitcher.finish()

@@ -189,6 +189,14 @@ def check_window_options(
         raise UsageError(f"--overlap {overlap}: give a fraction of the window in [0, 1)")
 
 
+def check_gsd_measurable(scene: "Scene", gsd: Optional[float]) -> None:
+    """Raise UsageError when ``gsd`` is given for a scene whose pixels have no size in metres."""
+    if gsd is not None and ground_pixel_size(scene) is None:
+        raise UsageError(
+            f"{scene.path}: --gsd needs a scene with a coordinate reference system (this one has none); use --window"
+        )
+
+
 def _plan_whole(width: int, height: int, size: int, reason: str) -> WindowPlan:
     long_side = max(width, height)
     scale = size / long_side
@@ -233,9 +241,8 @@ def _footprint(scene: "Scene", size: int, window: Optional[int], gsd: Optional[f
     if window is not None:
         return int(window), f"tiled: {window} px windows resampled to {size}"
     if gsd is not None:
+        check_gsd_measurable(scene, gsd)
         pixel_m = ground_pixel_size(scene)
-        if pixel_m is None:
-            raise UsageError(f"{scene.path}: --gsd needs a scene with a coordinate reference system (this one has none)")
         footprint = int(round(size * gsd / pixel_m))
         if footprint < MIN_WINDOW:
             raise UsageError(

@@ -22,6 +22,7 @@ from segearth_cli.atomic import (
     TerminationHandler,
     remove_stale_temps,
     temp_name_for,
+    write_atomically,
 )
 from segearth_cli.errors import EXIT_OUTPUT, OutputError, UsageError
 from segearth_cli.outputs.raster import MaskRasterSink
@@ -213,4 +214,122 @@ def test_nothing_is_committed_when_one_output_was_never_written(tmp_path):
     with pytest.raises(OutputError, match="answer.gpkg: nothing was written"):
         with AtomicOutputs(targets) as outputs:
             outputs[targets[0]].write_bytes(b"complete")
+    assert listing(tmp_path) == set()
+
+
+def test_write_atomically_replaces_whole_or_leaves_nothing(tmp_path):
+    target = tmp_path / "record.json"
+    target.write_text("old")
+    write_atomically(target, '{"state": "complete"}\n')
+    assert target.read_text() == '{"state": "complete"}\n'
+    write_atomically(target, b"\x00\x01")
+    assert target.read_bytes() == b"\x00\x01"
+    assert listing(tmp_path) == {"record.json"}
+
+    missing = tmp_path / "no_such_folder" / "rows.csv"
+    with pytest.raises(OutputError) as caught:
+        write_atomically(missing, "a,b\n")
+    assert caught.value.exit_code == EXIT_OUTPUT and str(missing) in str(caught.value)
+    assert listing(tmp_path) == {"record.json"}
+
+
+def run_without_fcntl(body: str, msvcrt_stand_in: bool) -> subprocess.CompletedProcess:
+    """Run ``body`` in a Python where ``import fcntl`` fails, as on Windows.
+
+    With ``msvcrt_stand_in`` an ``msvcrt`` module is provided whose byte-range lock is
+    emulated with flock (whole file, per open file), enough to exercise the Windows path.
+    """
+    prelude = textwrap.dedent(
+        """
+        import sys, types
+        if {stand_in}:
+            import fcntl as real_fcntl
+
+            msvcrt = types.ModuleType("msvcrt")
+            msvcrt.LK_UNLCK, msvcrt.LK_NBLCK = 0, 2
+
+            def locking(fd, mode, nbytes):
+                if mode == msvcrt.LK_UNLCK:
+                    real_fcntl.flock(fd, real_fcntl.LOCK_UN)
+                    return
+                try:
+                    real_fcntl.flock(fd, real_fcntl.LOCK_EX | real_fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise PermissionError(13, "Permission denied") from None
+
+            msvcrt.locking = locking
+            sys.modules["msvcrt"] = msvcrt
+        else:
+            sys.modules["msvcrt"] = None
+        sys.modules["fcntl"] = None
+        """
+    ).format(stand_in=msvcrt_stand_in)
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(body)], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+
+
+def test_help_works_where_fcntl_does_not_exist():
+    done = run_without_fcntl(
+        """
+        from segearth_cli.cli import run
+        status = run(["--help"])
+        try:
+            import fcntl
+        except ImportError:
+            print("no fcntl")
+        print("status", status)
+        """,
+        msvcrt_stand_in=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "no fcntl" in done.stdout and "status 0" in done.stdout
+    assert "segearth query scene.tif" in done.stdout
+
+
+def test_output_lock_without_fcntl_uses_msvcrt(tmp_path):
+    output = tmp_path / "mask.tif"
+    done = run_without_fcntl(
+        f"""
+        import threading, time
+        from pathlib import Path
+        from segearth_cli.atomic import OutputLock
+        from segearth_cli.errors import OutputError
+        output = Path({str(output)!r})
+        first = OutputLock(output).acquire()
+        try:
+            OutputLock(output, wait=False).acquire()
+            print("second lock taken")
+        except OutputError as error:
+            print("busy:", error)
+        print("lock file while held:", output.with_name("mask.tif.lock").exists())
+        threading.Timer(0.3, first.release).start()
+        with OutputLock(output, wait=True) as waited:
+            print("waited:", waited.is_locked, first.is_locked)
+        print("lock file after:", output.with_name("mask.tif.lock").exists())
+        """,
+        msvcrt_stand_in=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"busy: {output}: another segearth run is writing it (lock mask.tif.lock)",
+        "lock file while held: True",
+        "waited: True False",
+        "lock file after: False",
+    ]
+
+
+def test_output_lock_without_any_lock_module_says_so(tmp_path):
+    done = run_without_fcntl(
+        f"""
+        from segearth_cli.atomic import OutputLock
+        from segearth_cli.errors import OutputError
+        try:
+            OutputLock({str(tmp_path / "mask.tif")!r}).acquire()
+        except OutputError as error:
+            print(error.exit_code, error)
+        """,
+        msvcrt_stand_in=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"5 {tmp_path / 'mask.tif'}: this system offers no file locks (neither fcntl nor msvcrt)"
     assert listing(tmp_path) == set()

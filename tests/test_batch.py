@@ -21,9 +21,12 @@ from segearth_cli.batch import (
     STATUS_FAILED,
     STATUS_OK,
     STATUS_SKIPPED,
+    BatchSettings,
+    group_by_scene,
     read_jobs,
     read_record,
     run_batch,
+    run_scene_group,
 )
 from segearth_cli.errors import UsageError
 
@@ -208,6 +211,26 @@ def test_first_run_computes_all_rerun_skips_all_and_touches_nothing(tmp_path, se
     tif = next(o for o in outputs if o.suffix == ".tif")
     with rasterio.open(tif) as dataset:
         assert json.loads(dataset.tags()[RECORD_TAG]) == read_record(tif)["inputs"]
+
+
+def test_a_scene_group_runs_from_plain_data_that_crossed_a_pickle(tmp_path, segmenter, identity):
+    import pickle
+
+    scene, jobs = group_by_scene(read_jobs(make_jobs(tmp_path, scenes=1)))[0]
+    scene, jobs, settings = pickle.loads(pickle.dumps((scene, jobs, BatchSettings(batch_options(), identity))))
+    loads = []
+
+    def get_segmenter():
+        loads.append(1)
+        return segmenter
+
+    streamed = []
+    results = run_scene_group(scene, jobs, settings, get_segmenter, on_result=streamed.append)
+    assert [r.status for r in results] == [STATUS_OK] * len(jobs) and streamed == results
+    assert_valid_outputs([o for job in jobs for o in job.outputs])
+    again = run_scene_group(scene, jobs, settings, get_segmenter)
+    assert [(r.status, r.reason) for r in again] == [(STATUS_SKIPPED, "up to date")] * len(jobs)
+    assert loads == [1]  # an up-to-date group loads no model
 
 
 def test_changing_one_question_recomputes_only_that_job(tmp_path, segmenter, identity):

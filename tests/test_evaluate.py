@@ -50,6 +50,10 @@ class RedSegmenter:
         logits = np.where(windows[:, 0] > 127, 1.0, -1.0).astype(np.float32)
         return np.repeat(logits[:, None], len(questions), axis=1)
 
+    def segment_pairs(self, windows, questions):
+        # Window by window, as a model without batched pairs would run.
+        return np.stack([self.segment(window[None], [question])[0, 0] for window, question in zip(windows, questions)])
+
 
 class PairedRedSegmenter(RedSegmenter):
     """Same masks, but answers one question per window in a single call."""
@@ -74,6 +78,9 @@ class RectSegmenter:
         r0, r1, c0, c1 = RECT
         logits[:, :, r0:r1, c0:c1] = 1.0
         return logits
+
+    def segment_pairs(self, windows, questions):
+        return self.segment(windows, questions[:1])[:, 0]
 
 
 # --------------------------------------------------------------------------- expected masks, by hand
@@ -663,13 +670,13 @@ def test_command_reports_layout_error_before_loading_model(tmp_path, eval_cli):
 @pytest.mark.parametrize("error_name", ["ModelNotAvailableError", "CheckpointError"])
 def test_unavailable_model_exits_4(monkeypatch, error_name):
     import segearth_model
-    import segearth_model.checkpoint as checkpoint
+    import segearth_model.errors as model_errors
 
     from segearth_cli.commands.eval import load_eval_segmenter
     from segearth_cli.errors import ModelUnavailableError
 
     def refuse(name, **kwargs):
-        raise getattr(checkpoint, error_name)(f"{name}: not in the cache and downloads are off")
+        raise getattr(model_errors, error_name)(f"{name}: not in the cache and downloads are off")
 
     monkeypatch.setattr(segearth_model, "load_pretrained", refuse)
     with pytest.raises(ModelUnavailableError) as info:

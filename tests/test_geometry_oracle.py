@@ -9,6 +9,10 @@ or transposed axis, or a blend that leaks padding shows up as a mismatch.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 from affine import Affine
@@ -83,15 +87,25 @@ def smooth_logits(windows: np.ndarray) -> np.ndarray:
 # -- driving the pipeline core ------------------------------------------------------------
 
 
+def read_ahead_class():
+    """The benchmark's thread read-ahead (bench/read_ahead.py), which must not change any answer."""
+    location = Path(__file__).resolve().parents[1] / "bench" / "read_ahead.py"
+    spec = importlib.util.spec_from_file_location("read_ahead", location)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ReadAhead
+
+
 def run_core(path, segmenter, prefetch=False, **plan_options):
     """(stitched probability (H, W), valid (H, W), plan, scene) for one question."""
-    with open_scene(path) as reader:
+    with open_scene(path) as reader, contextlib.ExitStack() as stack:
         scene = reader.scene
         plan = plan_windows(scene, input_size=segmenter.input_size, **plan_options)
         probability = np.full((scene.height, scene.width), np.nan, dtype=np.float32)
         valid = np.zeros((scene.height, scene.width), dtype=bool)
         seen = np.zeros(scene.height, dtype=int)
-        for block in stream_row_blocks(reader, plan, segmenter, ["q"], batch_size=3, prefetch=prefetch):
+        source = stack.enter_context(read_ahead_class()(reader, plan.windows)) if prefetch else reader
+        for block in stream_row_blocks(source, plan, segmenter, ["q"], batch_size=3):
             rows = slice(block.row_off, block.row_off + block.height)
             probability[rows] = block.probabilities[0]
             valid[rows] = block.valid

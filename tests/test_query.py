@@ -395,3 +395,25 @@ def test_a_failing_segmenter_leaves_nothing_behind(tmp_path):
     with pytest.raises(RuntimeError, match="device lost"):
         run_query(scene, ["q"], targets, Broken(), QueryOptions(mode="tiled", batch_size=2, cog=True))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
+
+
+def test_a_checked_scene_is_opened_once_and_answers_like_a_path(tmp_path, monkeypatch):
+    import segearth_cli.scene as scene_module
+
+    transform, crs, width, height, centre, radius = SCENES["north_up_utm"]
+    scene = tmp_path / "scene.tif"
+    write_oracle_scene(scene, transform, crs, width, height, centre, radius)
+    options = QueryOptions(mode="tiled", probabilities=True)
+    by_path = OutputTarget.for_path(tmp_path / "by_path.tif")
+    run_query(scene, ["q"], [by_path], stand_in(), options)
+
+    opens = []
+    real_open = scene_module.open_scene
+    monkeypatch.setattr(scene_module, "open_scene", lambda *a, **k: opens.append(a) or real_open(*a, **k))
+    checked = OutputTarget.for_path(tmp_path / "checked.tif")
+    with validate_query(scene, ["q"], [checked], options) as opened:
+        report = run_query(opened, ["q"], [checked], stand_in(), options)
+    assert len(opens) == 1
+    assert report.scene == str(scene) and {"open", "read", "model", "total"} <= set(report.timings)
+    with rasterio.open(by_path.path) as a, rasterio.open(checked.path) as b:
+        np.testing.assert_array_equal(a.read(), b.read())

@@ -12,10 +12,10 @@ from affine import Affine
 from rasterio.crs import CRS
 
 import segearth_cli
+from cog_layout import cog_layout_problems
 from segearth_cli.outputs.raster import (
     NODATA,
     MaskRasterSink,
-    cog_layout_problems,
     overview_factors,
 )
 from segearth_cli.scene import Scene

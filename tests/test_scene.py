@@ -362,8 +362,8 @@ def test_huge_world_scene_plans_windows_and_reads_only_one(real_scenes_dir):
         assert (scene.width, scene.height) == (36000, 18000) and scene.crs == CRS.from_epsg(4326)
         plan = plan_windows(scene, mode="auto", input_size=1024)
         assert plan.mode == "tiled" and len(plan) == 41 * 20  # ceil((36000 - 1024) / 896) + 1 by ceil((18000 - 1024) / 896) + 1
-        recorder = _RecordingDataset(reader._src)
-        reader._src = recorder
+        recorder = _RecordingDataset(reader._bands.src)
+        reader._bands.src = recorder
         window = plan[len(plan) // 2]
         rgb, valid = reader.read(window)
         assert rgb.shape == (3, 1024, 1024)

@@ -55,10 +55,10 @@ def test_buffers_depend_on_width_and_window_height_not_scene_height():
     for height in (200, 2000, 20000):
         plan = plan_windows(fake_scene(300, height), mode="tiled", input_size=S, overlap=0.125)
         stitcher = Stitcher(plan, 3)
-        shapes.append((stitcher._acc.shape, stitcher._wsum.shape))
+        shapes.append((stitcher._blend._acc.shape, stitcher._blend._wsum.shape))
     assert shapes[0] == shapes[1] == shapes[2] == (((3, S, 300)), (S, 300))
     plan = plan_windows(fake_scene(300, 5000), mode="tiled", input_size=S, window=150)
-    assert Stitcher(plan, 1)._acc.shape == (1, 150, 300)
+    assert Stitcher(plan, 1)._blend._acc.shape == (1, 150, 300)
 
 
 def test_a_constant_answer_stays_constant_through_the_blend():
@@ -93,7 +93,7 @@ def test_invalid_and_skipped_windows_become_invalid_rows():
 def test_a_single_whole_window_streams_in_strips_without_scene_sized_buffers():
     plan = plan_windows(fake_scene(90, 5000), mode="whole", input_size=S)
     stitcher = Stitcher(plan, 1, block_rows=100)
-    assert stitcher._acc.size == 0
+    assert stitcher._blend is None  # no accumulators at all
     (window,) = plan.windows
     canvas = np.zeros((1, S, S), np.float32)
     # A ramp down the canvas: the source rows must come back as its linear interpolation.

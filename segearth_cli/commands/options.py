@@ -1,7 +1,9 @@
 """Command-line options shared by several commands, each defined once.
 
 Commands declare a parameter with one of these ``Annotated`` types and a default, so the
-spelling, help text and validation of an option are the same wherever it appears.
+spelling and help text of an option are the same wherever it appears. Values are checked
+where they are used (:meth:`segearth_cli.query.QueryOptions.check` for the query options),
+not here, so a library caller gets the same checks as the command line.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Mapping, Optional
 
 import typer
+
+from ..errors import UsageError
 
 if TYPE_CHECKING:  # the pipeline is imported only when a command runs, to keep --help fast
     from ..query import QueryOptions
@@ -23,38 +27,14 @@ _ANSWER_PANEL = "Answer"
 _REPORT_PANEL = "Reporting"
 
 
-def _check_probability(value: float) -> float:
-    if not 0.0 < value < 1.0:
-        raise typer.BadParameter(f"{value} is not a probability strictly between 0 and 1")
-    return value
-
-
-def _check_positive(value: Optional[float]) -> Optional[float]:
-    if value is not None and not value > 0:
-        raise typer.BadParameter(f"{value} is not a positive number")
-    return value
-
-
-def _check_overlap(value: Optional[float]) -> Optional[float]:
-    if value is not None and not 0.0 <= value < 1.0:
-        raise typer.BadParameter(f"{value} is not a fraction of the window in [0, 1)")
-    return value
-
-
-def _check_bands(value: Optional[str]) -> Optional[str]:
-    if value is None:
-        return None
-    parts = [p.strip() for p in value.split(",")]
-    if len(parts) not in (1, 3) or not all(p.isdigit() and int(p) >= 1 for p in parts):
-        raise typer.BadParameter(f"{value!r}: give one band or three, 1-based and comma-separated, e.g. 4,3,2")
-    return value
-
-
 def parse_bands(value: Optional[str]) -> Optional[tuple[int, ...]]:
-    """``"4,3,2"`` -> ``(4, 3, 2)``; the option callback has already checked the form."""
+    """``"4,3,2"`` -> ``(4, 3, 2)``; how many bands make sense is QueryOptions' to say."""
     if value is None:
         return None
-    return tuple(int(p) for p in value.split(","))
+    try:
+        return tuple(int(part) for part in value.split(","))
+    except ValueError:
+        raise UsageError(f"--bands {value!r}: give band numbers separated by commas, e.g. 4,3,2") from None
 
 
 def query_options(parameters: Mapping[str, Any]) -> "QueryOptions":
@@ -108,7 +88,7 @@ Dtype = Annotated[
 ]
 BatchSize = Annotated[
     int,
-    typer.Option("--batch-size", min=1, metavar="N", help="Windows sent to the model at once.",
+    typer.Option("--batch-size", metavar="N", help="Windows sent to the model at once.",
                  rich_help_panel=_MODEL_PANEL),
 ]
 Task = Annotated[
@@ -132,13 +112,13 @@ Mode = Annotated[
 ]
 WindowSize = Annotated[
     Optional[int],
-    typer.Option("--window", min=16, metavar="PIXELS", help="Tiled mode: window footprint in source pixels.",
+    typer.Option("--window", metavar="PIXELS", help="Tiled mode: window footprint in source pixels.",
                  rich_help_panel=_WINDOW_PANEL),
 ]
 Gsd = Annotated[
     Optional[float],
     typer.Option(
-        "--gsd", metavar="METRES", callback=_check_positive,
+        "--gsd", metavar="METRES",
         help="Tiled mode: ground resolution fed to the model, metres per model pixel (sets the window footprint).",
         rich_help_panel=_WINDOW_PANEL,
     ),
@@ -146,14 +126,14 @@ Gsd = Annotated[
 Overlap = Annotated[
     Optional[float],
     typer.Option(
-        "--overlap", metavar="FRACTION", callback=_check_overlap,
+        "--overlap", metavar="FRACTION",
         help="Tiled mode: fraction of the window shared with each neighbour.", rich_help_panel=_WINDOW_PANEL,
     ),
 ]
 Bands = Annotated[
     Optional[str],
     typer.Option(
-        "--bands", metavar="R,G,B", callback=_check_bands,
+        "--bands", metavar="R,G,B",
         help="1-based bands to use as red,green,blue (or one band as gray). Default: by colour interpretation, "
         "else the first three.",
         rich_help_panel=_WINDOW_PANEL,
@@ -161,17 +141,17 @@ Bands = Annotated[
 ]
 Threshold = Annotated[
     float,
-    typer.Option("--threshold", metavar="P", callback=_check_probability,
+    typer.Option("--threshold", metavar="P",
                  help="Probability above which a pixel answers the question.", rich_help_panel=_ANSWER_PANEL),
 ]
 MinArea = Annotated[
     float,
-    typer.Option("--min-area", min=0.0, metavar="M2", help="Drop polygons smaller than this many square metres.",
+    typer.Option("--min-area", metavar="M2", help="Drop polygons smaller than this many square metres.",
                  rich_help_panel=_ANSWER_PANEL),
 ]
 Simplify = Annotated[
     float,
-    typer.Option("--simplify", min=0.0, metavar="METRES",
+    typer.Option("--simplify", metavar="METRES",
                  help="Simplify polygon outlines with this tolerance in metres (topology kept); 0 keeps pixel edges.",
                  rich_help_panel=_ANSWER_PANEL),
 ]

@@ -22,7 +22,7 @@ from typing import Iterable, Optional, Sequence
 import cv2
 import numpy as np
 
-from ..errors import OutputError
+from ..errors import OutputError, first_line, one_line
 from ..scene import open_scene, overview_size
 from .raster import answer_mask
 
@@ -121,7 +121,7 @@ class PreviewSink:
         try:
             ok = cv2.imwrite(str(self.path), bgr, [cv2.IMWRITE_PNG_COMPRESSION, 6])
         except cv2.error as error:
-            raise OutputError(f"{self.path}: cannot be written ({str(error).strip().splitlines()[-1]})") from None
+            raise OutputError(f"{self.path}: cannot be written ({first_line(error)})") from None
         if not ok:
             raise OutputError(f"{self.path}: cannot be written")
         self.closed = True
@@ -204,7 +204,7 @@ def _hatch(height: int, width: int) -> np.ndarray:
 
 def _printable(text: str) -> str:
     """The text in the ASCII the built-in font can draw: accents dropped, other letters as '?'."""
-    decomposed = unicodedata.normalize("NFKD", " ".join(text.split()))
+    decomposed = unicodedata.normalize("NFKD", one_line(text))
     plain = "".join(c for c in decomposed if not unicodedata.combining(c))
     return "".join(c if " " <= c <= "~" else "?" for c in plain)
 

@@ -106,20 +106,31 @@ class _ComponentTracker:
         with rasterio.Env():  # one GDAL environment for the block's many polygonize calls
             pieces, sums = _polygonize_components(labels, count, stats, probability, row_off)
         pixel_counts = stats[:, cv2.CC_STAT_AREA]
+        local = [None] + [_Group([pieces[label]], float(sums[label]), int(pixel_counts[label]))
+                          for label in range(1, count)]
 
-        top, bottom = labels[0], labels[-1]
-        pairs = np.empty((0, 2), dtype=np.int64)
+        pairs = self._pairs_with_open(labels[0])
+        bottom = labels[-1]
+        at_bottom = np.unique(bottom[bottom > 0])
+        linked_local = set(pairs[:, 1].tolist()) | set(at_bottom.tolist())
+        finished.extend(local[label] for label in range(1, count) if label not in linked_local)
+        finished.extend(self._join(pairs, linked_local, set(at_bottom.tolist()), local, bottom))
+        return finished
+
+    def _pairs_with_open(self, top: np.ndarray) -> np.ndarray:
+        """(open group id, label) for every open group that a component of the block's first row touches."""
         if self._border is not None:
             touching = (self._border > 0) & (top > 0)
             if touching.any():
-                pairs = np.unique(np.stack([self._border[touching], top[touching]], axis=1), axis=0)
-        at_bottom = np.unique(bottom[bottom > 0])
-        linked_local = set(pairs[:, 1].tolist()) | set(at_bottom.tolist())
+                return np.unique(np.stack([self._border[touching], top[touching]], axis=1), axis=0)
+        return np.empty((0, 2), dtype=np.int64)
 
-        for label in range(1, count):
-            if label not in linked_local:
-                finished.append(_Group([pieces[label]], float(sums[label]), int(pixel_counts[label])))
+    def _join(self, pairs: np.ndarray, linked_local: set, at_bottom: set, local: list, bottom: np.ndarray) -> list[_Group]:
+        """Join open groups with the components touching them; keep open what reaches the last row.
 
+        Returns the joined groups that are complete; the others become the new open groups,
+        and the last row's labels are mapped to their ids for the next block.
+        """
         # Union-find over previous open groups (their ids) and linked local labels (negative ids).
         parent: dict[int, int] = {}
 
@@ -139,34 +150,25 @@ class _ComponentTracker:
         for node in list(self._open) + [-label for label in linked_local]:
             members.setdefault(find(node), []).append(node)
 
-        at_bottom_set = set(at_bottom.tolist())
+        finished: list[_Group] = []
         new_open: dict[int, _Group] = {}
         root_to_id: dict[int, int] = {}
         for root, nodes in members.items():
             group = _Group([], 0.0, 0)
-            reaches_bottom = False
             for node in nodes:
-                if node > 0:
-                    old = self._open[node]
-                    group.pieces.extend(old.pieces)
-                    group.probability_sum += old.probability_sum
-                    group.pixel_count += old.pixel_count
-                else:
-                    label = -node
-                    group.pieces.append(pieces[label])
-                    group.probability_sum += float(sums[label])
-                    group.pixel_count += int(pixel_counts[label])
-                    reaches_bottom = reaches_bottom or label in at_bottom_set
-            if reaches_bottom:
-                new_id = self._next_id
+                part = self._open[node] if node > 0 else local[-node]
+                group.pieces.extend(part.pieces)
+                group.probability_sum += part.probability_sum
+                group.pixel_count += part.pixel_count
+            if any(node < 0 and -node in at_bottom for node in nodes):
+                root_to_id[root] = self._next_id
+                new_open[self._next_id] = group
                 self._next_id += 1
-                new_open[new_id] = group
-                root_to_id[root] = new_id
             else:
                 finished.append(group)
 
-        lookup = np.zeros(count, dtype=np.int64)
-        for label in at_bottom_set:
+        lookup = np.zeros(len(local), dtype=np.int64)
+        for label in at_bottom:
             lookup[label] = root_to_id[find(-label)]
         self._border = lookup[bottom]
         self._open = new_open
@@ -449,15 +451,8 @@ class VectorSink:
         # A grid (geotransform, or a warp of GCPs/RPCs) gives map coordinates; only a CRS gives metres.
         self.has_grid = bool(getattr(scene, "georeferenced", scene.crs is not None))
         self.has_crs = self.has_grid and scene.crs is not None
-        if not self.has_grid and not self.pixel_coordinates:
-            raise UsageError(
-                f"{scene.path}: has no georeferencing; pass --pixel-coordinates to write pixel-space polygons"
-            )
-        if not self.has_crs and (self.min_area_m2 > 0 or self.simplify_m > 0):
-            raise UsageError(
-                f"{scene.path}: has no coordinate reference system, so --min-area and --simplify (metres) "
-                "cannot be measured"
-            )
+        _refuse_unmeasurable(scene.path, self.has_grid, self.has_crs, self.pixel_coordinates,
+                             self.min_area_m2 > 0 or self.simplify_m > 0)
         self.transform = Affine(*tuple(scene.transform)[:6]) if self.has_grid else Affine.identity()
         self.geodesy = _Geodesy(scene.crs, self.transform, scene.width, scene.height) if self.has_crs else None
         self._trackers = {index: _ComponentTracker() for index in self.question_indexes}
@@ -522,15 +517,7 @@ class VectorSink:
 
         import geopandas
 
-        wkb: list = []
-        columns: dict[str, list] = {"question": [], "area_m2": [], "mean_probability": [], "pixel_count": []}
-        for index in self.question_indexes:
-            for batch in self._batches[index]:
-                wkb.extend(batch.wkb)
-                columns["question"].extend([self.questions[index]] * len(batch.wkb))
-                columns["area_m2"].extend(batch.area_m2.tolist())
-                columns["mean_probability"].extend(batch.mean_probability.tolist())
-                columns["pixel_count"].extend(batch.pixel_count.tolist())
+        wkb, columns = _collect_columns([(self.questions[i], self._batches[i]) for i in self.question_indexes])
         rows = len(wkb)
         for name, value in self.attributes.items():
             columns[name] = [value] * rows
@@ -569,6 +556,29 @@ class VectorSink:
     def _require_closed(self) -> None:
         if not self.closed:
             raise RuntimeError("VectorSink.close() must be called before writing")
+
+
+def _refuse_unmeasurable(scene_path, has_grid: bool, has_crs: bool, pixel_coordinates: bool, in_metres: bool) -> None:
+    if not has_grid and not pixel_coordinates:
+        raise UsageError(f"{scene_path}: has no georeferencing; pass --pixel-coordinates to write pixel-space polygons")
+    if not has_crs and in_metres:
+        raise UsageError(
+            f"{scene_path}: has no coordinate reference system, so --min-area and --simplify (metres) cannot be measured"
+        )
+
+
+def _collect_columns(answers: Sequence[tuple[str, list[_Batch]]]) -> tuple[list, dict[str, list]]:
+    """(WKB of every polygon, its columns), from (question, its batches) in output order."""
+    wkb: list = []
+    columns: dict[str, list] = {"question": [], "area_m2": [], "mean_probability": [], "pixel_count": []}
+    for question, batches in answers:
+        for batch in batches:
+            wkb.extend(batch.wkb)
+            columns["question"].extend([question] * len(batch.wkb))
+            columns["area_m2"].extend(batch.area_m2.tolist())
+            columns["mean_probability"].extend(batch.mean_probability.tolist())
+            columns["pixel_count"].extend(batch.pixel_count.tolist())
+    return wkb, columns
 
 
 def _typed_columns(columns: dict, rows: int) -> dict:
