@@ -40,7 +40,7 @@ from .commands.doctor import doctor_command
 from .commands.eval import eval_command
 from .commands.models import models_app
 from .commands.query import query_command
-from .errors import EXIT_FAILURE, EXIT_USAGE, SegearthError
+from .errors import EXIT_FAILURE, EXIT_USAGE, SegearthError, failure_line, one_line
 
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
@@ -119,7 +119,7 @@ class _LineFormatter(logging.Formatter):
         self.debug = debug
 
     def format(self, record: logging.LogRecord) -> str:
-        message = " ".join(record.getMessage().split()) if not self.debug else record.getMessage()
+        message = one_line(record.getMessage()) if not self.debug else record.getMessage()
         level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
         where = f"{record.name}: " if self.debug else ""
         text = f"segearth: {level}{where}{message}"
@@ -145,7 +145,7 @@ def _configure_logging(debug: bool, quiet: bool) -> None:
 
 
 def _error_line(message: str) -> None:
-    first = " ".join(str(message).split()) or "unknown error"
+    first = one_line(message) or "unknown error"
     print(f"segearth: error: {first}", file=sys.stderr)
 
 
@@ -220,8 +220,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the last line of defence promises one line
         if debug:
             traceback.print_exc()
-        name = type(exc).__name__
-        detail = f"{name}: {exc}" if str(exc) else name
+        detail = failure_line(exc)
         _error_line(detail if debug else f"{detail} (run again with --debug for the traceback)")
         return EXIT_FAILURE
     finally:

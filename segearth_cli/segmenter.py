@@ -1,14 +1,33 @@
-"""What the pipeline needs from a model, and the adapters that provide it.
+"""The one door between the pipeline and the model.
 
-The pipeline hands over square RGB windows and questions and gets mask logits back; it
-never sees the network inside.
+The pipeline hands over square RGB canvases and questions and gets mask logits back; it
+never sees the network inside. This module is the only one of ``segearth_cli`` that imports
+``segearth_model``: loading a model by name, choosing its task, device and dtype, naming
+what answered (``identity``), and the official canvas geometry the model was trained on.
+torch is imported only when a model is loaded, so commands that never load one stay fast.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence, runtime_checkable
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+
+from .errors import ModelUnavailableError, UsageError
+
+#: The official canvas geometry (long side to the model size, centre zero padding) lives with
+#: the model, which was trained on it; the pipeline reaches it through these names, imported
+#: on first use because the model package's preprocessing imports torch.
+CANVAS_NAMES = ("PadInfo", "fitted_size", "resize_and_pad", "resize_mask_nearest", "unpad_and_resize")
+
+log = logging.getLogger("segearth_cli.segmenter")
+
+from segearth_model.names import TINY_RANDOM  # noqa: E402 - the built-in random network's name
+
+TASKS = ("auto", "reasoning", "referring")
 
 
 @runtime_checkable
@@ -17,12 +36,18 @@ class Segmenter(Protocol):
     name: str
     #: Side of the square input the segmenter expects, in pixels.
     input_size: int
+    #: What answers, for records and reports: id, revision, dtype, task, numerics, device.
+    identity: dict[str, Any]
 
     def segment(self, windows: np.ndarray, questions: Sequence[str]) -> np.ndarray:
         """``windows``: uint8 ``(B, 3, S, S)`` RGB, padding pixels 0.
 
-        Returns float32 mask logits ``(B, M, S, S)`` for the ``M`` questions.
+        Returns float32 mask logits ``(B, M, S, S)``: every question asked of every window.
         """
+        ...
+
+    def segment_pairs(self, windows: np.ndarray, questions: Sequence[str]) -> np.ndarray:
+        """One question per window (``len(questions) == B``): float32 logits ``(B, S, S)``."""
         ...
 
 
@@ -38,13 +63,17 @@ class PixelFunctionSegmenter:
         self.fn = fn
         self.input_size = int(input_size)
         self.name = name
+        self.identity = {"id": name, "revision": "built-in"}
 
-    def segment(self, windows: np.ndarray, questions: Sequence[str]) -> np.ndarray:
+    def segment_pairs(self, windows: np.ndarray, questions: Sequence[str]) -> np.ndarray:
         plane = np.asarray(self.fn(windows), dtype=np.float32)
         expected = (windows.shape[0], self.input_size, self.input_size)
         if plane.shape != expected:
             raise ValueError(f"pixel function returned shape {plane.shape}, expected {expected}")
-        return np.repeat(plane[:, None], len(questions), axis=1)
+        return plane
+
+    def segment(self, windows: np.ndarray, questions: Sequence[str]) -> np.ndarray:
+        return np.repeat(self.segment_pairs(windows, questions)[:, None], len(questions), axis=1)
 
 
 class ConstantSegmenter:
@@ -54,28 +83,205 @@ class ConstantSegmenter:
         self.value = float(value)
         self.input_size = int(input_size)
         self.name = name
+        self.identity = {"id": name, "revision": "built-in"}
         self._plane = np.full((self.input_size, self.input_size), self.value, dtype=np.float32)
 
     def segment(self, windows: np.ndarray, questions: Sequence[str]) -> np.ndarray:
         # A read-only broadcast view: no per-call allocation of B x M planes.
         return np.broadcast_to(self._plane, (windows.shape[0], len(questions), self.input_size, self.input_size))
 
+    def segment_pairs(self, windows: np.ndarray, questions: Sequence[str]) -> np.ndarray:
+        return np.broadcast_to(self._plane, (windows.shape[0], self.input_size, self.input_size))
+
 
 class ModelSegmenter:
-    """Adapts ``segearth_model.predictor.MaskPredictor`` (torch in, torch out) to numpy.
+    """Adapts ``segearth_model.MaskPredictor`` (torch in, torch out) to numpy."""
 
-    torch is only touched through the predictor, so importing the pipeline stays fast.
-    """
-
-    def __init__(self, predictor):
+    def __init__(self, predictor, identity: Optional[dict[str, Any]] = None):
         self.predictor = predictor
         self.name = str(predictor.name)
         self.input_size = int(predictor.input_size)
+        self.identity = dict(identity or {"id": self.name})
+
+    @property
+    def device(self) -> str:
+        return str(self.predictor.device)
 
     def segment(self, windows: np.ndarray, questions: Sequence[str]) -> np.ndarray:
+        return self._run(self.predictor.predict, windows, questions)
+
+    def segment_pairs(self, windows: np.ndarray, questions: Sequence[str]) -> np.ndarray:
+        if len(questions) != len(windows):
+            raise ValueError(f"{len(windows)} windows but {len(questions)} questions")
+        return self._run(self.predictor.predict_pairs, windows, questions)
+
+    @staticmethod
+    def _run(call, windows: np.ndarray, questions: Sequence[str]) -> np.ndarray:
         import torch
 
         images = torch.from_numpy(np.ascontiguousarray(windows))
         with torch.inference_mode():
-            logits = self.predictor.predict(images, list(questions))
+            logits = call(images, list(questions))
         return logits.detach().to(device="cpu", dtype=torch.float32).numpy()
+
+
+# --------------------------------------------------------------------------- the hub, without torch
+
+
+def hub_cache_dir() -> Path:
+    """Where hub models are cached (``HF_HUB_CACHE``, else ``HF_HOME/hub``, else the user's cache)."""
+    from segearth_model.hub import hub_cache_dir as model_hub_cache_dir
+
+    return model_hub_cache_dir()
+
+
+def hub_offline() -> bool:
+    """Whether the user asked for no hub access (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)."""
+    from segearth_model.hub import hub_offline as model_hub_offline
+
+    return model_hub_offline()
+
+
+# --------------------------------------------------------------------------- choosing
+
+
+def resolve_task(task: str, model: str) -> str:
+    """``auto`` picks the template the release was trained with: referring for the RRSIS-D/RefSegRS releases."""
+    task = task.lower()
+    if task in ("reasoning", "referring"):
+        return task
+    if task != "auto":
+        raise UsageError(f"--task {task}: choose auto, reasoning or referring")
+    lowered = model.lower()
+    return "referring" if ("rrsis" in lowered or "refsegrs" in lowered) else "reasoning"
+
+
+def check_device_and_dtype(device: str, dtype: str) -> None:
+    """Refuse a misspelt ``--device`` or ``--dtype`` before torch is imported (seconds) or a model loads."""
+    from segearth_model.precision import check_device_spelling, check_dtype_spelling
+
+    for option, value, check in (("--device", device, check_device_spelling), ("--dtype", dtype, check_dtype_spelling)):
+        try:
+            check(value)
+        except ValueError as exc:
+            raise UsageError(f"{option} {value}: {exc}") from None
+
+
+def device_name(device: str) -> str:
+    """The torch device ``--device`` resolves to (``auto``: cuda, then mps, then cpu); imports torch."""
+    from segearth_model.device import resolve_device
+
+    try:
+        return str(resolve_device(device))
+    except ValueError as exc:
+        raise UsageError(f"--device {device}: {exc}") from None
+
+
+def compute_dtype(device: str, dtype: str, *, official_numerics: bool = False) -> str:
+    """The dtype name (``float32``, ``bfloat16``, ...) ``--device`` and ``--dtype`` resolve to.
+
+    Imports torch: ``auto`` depends on the hardware. A combination that cannot run exits 2.
+    """
+    from segearth_model.device import resolve_device, resolve_dtype
+
+    try:
+        resolved = resolve_dtype(dtype, resolve_device(device), official_numerics=official_numerics)
+    except ValueError as exc:
+        raise UsageError(f"--device {device} --dtype {dtype}: {exc}") from None
+    return str(resolved).replace("torch.", "")
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(folder).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return "files:" + digest.hexdigest()[:16]
+
+
+def model_identity(
+    model: str, revision: Optional[str] = None, *, dtype: Any = None, task: Optional[str] = None
+) -> dict[str, Any]:
+    """Which weights will answer: the id as given and the revision actually used.
+
+    For a hub model the revision is the commit hash of the snapshot that ``revision``
+    (default: the main branch) resolves to, downloading it when online exactly as loading
+    would; so "main" moving to a new commit counts as a change, and loading with this
+    commit uses the same files. For a local directory it is a fingerprint of its files'
+    names, sizes and mtimes; for the built-in tiny-random network, ``built-in`` (its
+    weights are a function of the tool version, which the record holds anyway). ``dtype``
+    is the resolved compute dtype (results differ between float32 and bfloat16) and
+    ``task`` the prompt template; both are recorded when given.
+    """
+    identity: dict[str, Any] = {"id": model}
+    local = Path(model).expanduser()
+    if model == TINY_RANDOM:
+        identity["revision"] = "built-in"
+    elif local.is_dir():
+        folder = local.resolve()
+        identity["id"] = str(folder)
+        identity["revision"] = _folder_fingerprint(folder)
+    else:
+        from segearth_model.hub import resolve_checkpoint_dir
+
+        from segearth_model import ModelLoadError
+
+        try:
+            snapshot = resolve_checkpoint_dir(model, revision)
+        except ModelLoadError as exc:
+            raise ModelUnavailableError(str(exc)) from exc
+        identity["revision"] = snapshot.name  # hub snapshot folders are named by commit hash
+    if dtype is not None:
+        identity["dtype"] = str(dtype).replace("torch.", "")
+    if task is not None:
+        identity["task"] = task
+    return identity
+
+
+def pinned_revision(model: str, revision: Optional[str], identity: dict[str, Any]) -> Optional[str]:
+    """The revision to load so that the weights are the very commit ``identity`` names."""
+    if model == TINY_RANDOM or Path(model).expanduser().is_dir():
+        return revision
+    return identity["revision"]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_segmenter(model: str, *, revision: Optional[str], device: str, dtype: str, task: str, quiet: bool,
+                   official_numerics: bool = False, identity: Optional[dict[str, Any]] = None) -> ModelSegmenter:
+    """Load the model behind the Segmenter interface; unavailable models exit 4 with a way out.
+
+    ``official_numerics`` reproduces the weight rounding of the paper's evaluation (see
+    ``segearth_model.load_pretrained``). ``identity``, when the caller already resolved it
+    (a batch pins the revision before loading), is what the segmenter reports.
+    """
+    task = resolve_task(task, model)
+    dtype_name = compute_dtype(device, dtype, official_numerics=official_numerics)
+
+    import segearth_model
+
+    if model == TINY_RANDOM:
+        log.warning("model 'tiny-random' has random weights: its answers are meaningless "
+                    "(use it to try the pipeline, not to read the result)")
+    elif not quiet:
+        log.info("loading model %s%s", model, f" at {revision}" if revision else "")
+    try:
+        network, tokenizer = segearth_model.load_pretrained(model, revision=revision, device=device, dtype=dtype,
+                                                            official_numerics=official_numerics)
+    except segearth_model.ModelLoadError as exc:
+        # The model package's messages already name the repo or file and how to get it.
+        raise ModelUnavailableError(str(exc)) from exc
+    predictor = segearth_model.MaskPredictor(network, tokenizer, task=task, name=model)
+    described = dict(identity or {"id": model, "revision": revision or ("built-in" if model == TINY_RANDOM else None)})
+    described.update(dtype=dtype_name, task=task, numerics="official" if official_numerics else "native",
+                     device=str(predictor.device))
+    return ModelSegmenter(predictor, described)
+
+
+def __getattr__(name: str) -> Any:
+    if name in CANVAS_NAMES:
+        from segearth_model import preprocess
+
+        return getattr(preprocess, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

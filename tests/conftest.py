@@ -56,3 +56,13 @@ def write_geotiff(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture
+def offline_home(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face home in tmp_path, with hub access switched off."""
+    home = tmp_path / "hf"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return home

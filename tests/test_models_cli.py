@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -11,39 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from hub_layout import COMMIT, FILES, REPO, cache_repo
+
 from segearth_cli.cli import run
-
-REPO = "segearth-test/tiny-release"
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-FILES = {
-    "config.json": b'{"model_type": "llava_phi"}\n',
-    "model.safetensors": bytes(range(256)) * 64,
-    "tokenizer_config.json": b"{}\n",
-}
-
-
-@pytest.fixture
-def offline_home(tmp_path, monkeypatch):
-    home = tmp_path / "hf"
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return home
-
-
-def cache_repo(home: Path, repo: str = REPO, commit: str = COMMIT, files: dict[str, bytes] = FILES) -> Path:
-    """Lay out a repo exactly as huggingface_hub caches it: refs, blobs named by hash, snapshot symlinks."""
-    folder = home / "hub" / ("models--" + repo.replace("/", "--"))
-    (folder / "refs").mkdir(parents=True)
-    (folder / "refs" / "main").write_text(commit)
-    snapshot = folder / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    (folder / "blobs").mkdir()
-    for name, data in files.items():
-        blob = folder / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
-    return snapshot
 
 
 def segearth(capsys, *args: str) -> tuple[int, str, str]:
@@ -106,7 +75,7 @@ def test_verify_offline_needs_the_manifest_saved_at_pull_time(offline_home, caps
 
 
 def test_verify_offline_against_the_manifest_finds_a_damaged_file(offline_home, capsys):
-    from segearth_cli.commands.models import find_cached, write_manifest
+    from segearth_cli.model_cache import find_cached, write_manifest
 
     snapshot = cache_repo(offline_home)
     write_manifest(find_cached(REPO))

@@ -98,19 +98,21 @@ def batch_command(
     debug: opt.Debug = False,  # noqa: ARG001 - read by cli.main before parsing, listed here for --help
 ) -> None:
     """Run every job of JOBS with one model load; the text users see is BATCH_HELP."""
-    from ..batch import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, model_identity, read_jobs, run_batch
-    from .query import TINY_RANDOM, compute_dtype, load_segmenter, resolve_task
+    from ..batch import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, read_jobs, run_batch
+    from ..segmenter import check_device_and_dtype, compute_dtype, load_segmenter, model_identity, pinned_revision, resolve_task
 
     options = opt.query_options(locals())
+    check_device_and_dtype(device, dtype)
     job_list = read_jobs(jobs)
     options.check()
     task = resolve_task(task, model)
     identity = model_identity(model, revision, dtype=compute_dtype(device, dtype), task=task)
     # Load the very commit the records name, even if "main" moves while this run is going.
-    load_revision = revision if model == TINY_RANDOM or Path(model).expanduser().is_dir() else identity["revision"]
+    load_revision = pinned_revision(model, revision, identity)
 
     def load():
-        return load_segmenter(model, revision=load_revision, device=device, dtype=dtype, task=task, quiet=quiet)
+        return load_segmenter(model, revision=load_revision, device=device, dtype=dtype, task=task, quiet=quiet,
+                              identity=identity)
 
     writer = _ReportWriter(json_report, report)
     total = len(job_list)

@@ -9,115 +9,12 @@ the same code path as ``segearth query``) and exits 0 when every output came out
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
-import tempfile
-import time
-import traceback
-from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any
 
 import typer
 
-from .. import __version__
 from ..errors import EXIT_FAILURE
-
-SMOKE_QUESTION = "where are the buildings?"
-
-
-def _version_of(module_name: str, extra: Callable[[Any], dict[str, Any]] | None = None) -> dict[str, Any]:
-    try:
-        module = __import__(module_name)
-    except Exception as exc:  # noqa: BLE001 - a broken install is exactly what doctor must show
-        return {"version": None, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"}
-    info: dict[str, Any] = {"version": getattr(module, "__version__", "unknown")}
-    if extra is not None:
-        try:
-            info.update(extra(module))
-        except Exception as exc:  # noqa: BLE001
-            info["error"] = f"{type(exc).__name__}: {exc}"
-    return info
-
-
-def _torch_details(torch) -> dict[str, Any]:
-    cuda = bool(torch.cuda.is_available())
-    details: dict[str, Any] = {
-        "cuda_available": cuda,
-        "cuda_version": torch.version.cuda,
-        "mps_available": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
-        "gpus": [],
-    }
-    if cuda:
-        for index in range(torch.cuda.device_count()):
-            props = torch.cuda.get_device_properties(index)
-            details["gpus"].append(f"{props.name} ({props.total_memory / 2**30:.0f} GiB)")
-    return details
-
-
-def _auto_device() -> dict[str, Any]:
-    try:
-        from segearth_model.checkpoint import resolve_device, resolve_dtype
-
-        device = resolve_device("auto")
-        return {"device": str(device), "dtype": str(resolve_dtype("auto", device)).replace("torch.", "")}
-    except Exception as exc:  # noqa: BLE001
-        return {"device": None, "error": f"{type(exc).__name__}: {exc}"}
-
-
-def _writable(folder: Path) -> tuple[bool, str]:
-    """Whether files can be created in ``folder`` (or, if it does not exist yet, where it would be made)."""
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        return False, f"{probe} is not a folder"
-    if probe != folder:
-        ok = os.access(probe, os.W_OK | os.X_OK)
-        return ok, f"does not exist yet; {probe} is {'writable' if ok else 'not writable'}"
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".segearth-doctor-"):
-            pass
-    except OSError as exc:
-        return False, exc.strerror or str(exc)
-    return True, "writable"
-
-
-def collect() -> dict[str, Any]:
-    """Everything doctor reports, as plain JSON values."""
-    from .models import cached_models, hub_cache_dir, hub_offline
-
-    cache_dir = hub_cache_dir()
-    writable, writable_note = _writable(cache_dir)
-    try:
-        models, cache_warnings = cached_models(cache_dir)
-        cached = [f"{m.repo}@{m.commit[:12]}" + (f" ({', '.join(m.refs)})" if m.refs else "") for m in models]
-    except Exception as exc:  # noqa: BLE001
-        cached, cache_warnings = [], [f"cannot scan the cache: {exc}"]
-    return {
-        "segearth": __version__,
-        "python": f"{platform.python_version()} ({sys.executable})",
-        "platform": platform.platform(),
-        "torch": _version_of("torch", _torch_details),
-        "transformers": _version_of("transformers"),
-        "huggingface_hub": _version_of("huggingface_hub"),
-        "rasterio": _version_of("rasterio", lambda m: {"gdal": m.__gdal_version__,
-                                                       "proj": getattr(m, "__proj_version__", None)}),
-        "pyproj": _version_of("pyproj", lambda m: {"proj": m.proj_version_str}),
-        "pyogrio": _version_of("pyogrio", lambda m: {"gdal": m.__gdal_version_string__}),
-        "geopandas": _version_of("geopandas"),
-        "shapely": _version_of("shapely", lambda m: {"geos": m.geos_version_string}),
-        "numpy": _version_of("numpy"),
-        "auto": _auto_device(),
-        "model_cache": {
-            "path": str(cache_dir),
-            "writable": writable,
-            "note": writable_note,
-            "offline": hub_offline(),
-            "models": ["tiny-random (built-in)", *cached],
-            "warnings": cache_warnings,
-        },
-    }
 
 
 def _line(info: dict[str, Any]) -> str:
@@ -156,83 +53,14 @@ def render(facts: dict[str, Any]) -> str:
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
-def _write_smoke_scene(path: Path) -> None:
-    import numpy as np
-    import rasterio
-    from rasterio.transform import Affine
-
-    height, width = 192, 256
-    rows, cols = np.mgrid[0:height, 0:width]
-    red = ((rows // 24 + cols // 32) % 2 * 160 + 40).astype(np.uint8)
-    green = (cols * 255 // (width - 1)).astype(np.uint8)
-    blue = (rows * 255 // (height - 1)).astype(np.uint8)
-    profile = {"driver": "GTiff", "width": width, "height": height, "count": 3, "dtype": "uint8",
-               "crs": "EPSG:32633", "transform": Affine(2.0, 0.0, 500000.0, 0.0, -2.0, 4650000.0)}
-    with rasterio.open(path, "w", **profile) as dataset:
-        dataset.write(np.stack([red, green, blue]))
-
-
-def _check_smoke_outputs(scene: Path, raster: Path, vectors: list[Path]) -> list[str]:
-    import numpy as np
-    import pyogrio
-    import rasterio
-
-    problems = []
-    with rasterio.open(scene) as source, rasterio.open(raster) as mask:
-        if (mask.width, mask.height) != (source.width, source.height):
-            problems.append(f"{raster.name}: size {mask.width}x{mask.height}, scene {source.width}x{source.height}")
-        if mask.crs != source.crs or not mask.transform.almost_equals(source.transform):
-            problems.append(f"{raster.name}: georeferencing differs from the scene")
-        values = set(np.unique(mask.read(1)).tolist())
-        if not values <= {0, 1, 255}:
-            problems.append(f"{raster.name}: unexpected mask values {sorted(values)}")
-    for vector in vectors:
-        try:
-            pyogrio.read_info(vector)
-        except Exception as exc:  # noqa: BLE001
-            problems.append(f"{vector.name}: cannot be read back ({exc})")
-    return problems
-
-
-def smoke_test() -> dict[str, Any]:
-    """tiny-random end to end on a generated scene; returns pass/fail with the details."""
-    started = time.perf_counter()
-    result: dict[str, Any] = {"passed": False, "problems": []}
-    try:
-        from ..query import OutputTarget, QueryOptions, run_query
-        from .query import load_segmenter
-
-        with tempfile.TemporaryDirectory(prefix="segearth-smoke-") as folder:
-            folder_path = Path(folder)
-            scene = folder_path / "scene.tif"
-            _write_smoke_scene(scene)
-            outputs = [folder_path / name for name in ("mask.tif", "answer.gpkg", "answer.geojson")]
-            # The device and dtype a real run would get, so a broken GPU set-up shows here.
-            segmenter = load_segmenter("tiny-random", revision=None, device="auto", dtype="auto",
-                                       task="reasoning", quiet=True)
-            result["device"] = str(getattr(getattr(segmenter, "predictor", None), "device", "unknown"))
-            # Two overlapping windows: the smallest run that still exercises the blend.
-            report = run_query(scene, [SMOKE_QUESTION], [OutputTarget.for_path(p) for p in outputs], segmenter,
-                               QueryOptions(mode="tiled", window=192))
-            result["windows_run"] = report.windows_run
-            missing = [p.name for p in outputs if not p.is_file()]
-            result["problems"] = [f"{name}: not written" for name in missing] or _check_smoke_outputs(
-                scene, outputs[0], outputs[1:]
-            )
-            result["passed"] = not result["problems"]
-    except Exception as exc:  # noqa: BLE001 - the smoke test reports failures, it does not raise them
-        result["problems"].append(f"{type(exc).__name__}: {' '.join(str(exc).split())}")
-        result["traceback"] = traceback.format_exc(limit=6)
-    result["seconds"] = round(time.perf_counter() - started, 2)
-    return result
-
-
 def doctor_command(
     smoke: Annotated[bool, typer.Option("--smoke", help="Also run tiny-random end to end on a generated scene; "
                                         "exit 1 if it fails.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the text screen.")] = False,
 ) -> None:
     """Show versions, GPU, model cache and its permissions, for a bug report."""
+    from ..diagnostics import collect, smoke_test
+
     facts = collect()
     if smoke:
         facts["smoke"] = smoke_test()

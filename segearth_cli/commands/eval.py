@@ -68,7 +68,9 @@ def eval_command(
 ) -> None:
     """Score a model on a benchmark split with the paper's protocol, and on original-size masks."""
     from .. import evaluate as ev
+    from ..segmenter import check_device_and_dtype
 
+    check_device_and_dtype(device, dtype)
     dataset_name = dataset.value
     split_name = split.value
     # Read and check the whole layout first: a misplaced file should fail in a second, not
@@ -100,7 +102,7 @@ def load_eval_segmenter(model: str, *, task: str, revision: Optional[str], devic
 
     A model that cannot be found, downloaded or read ends the command with exit status 4.
     """
-    from .query import load_segmenter
+    from ..segmenter import load_segmenter
 
     # The official evaluation runs in float32 on weights that went bf16 -> fp16 -> fp32;
     # reproducing its numbers to the last digit needs that rounding too.

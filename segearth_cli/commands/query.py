@@ -13,11 +13,8 @@ import typer
 
 from . import options as opt
 from .progress import StderrProgress
-from ..errors import ModelUnavailableError, UsageError
 
 log = logging.getLogger("segearth_cli.query")
-
-TINY_RANDOM = "tiny-random"
 
 
 def query_command(
@@ -54,19 +51,19 @@ def query_command(
     debug: opt.Debug = False,  # noqa: ARG001 - read by cli.main before parsing, listed here for --help
 ) -> None:
     from ..query import OutputTarget, run_query, validate_query
+    from ..segmenter import check_device_and_dtype, load_segmenter
 
     options = opt.query_options(locals())
+    check_device_and_dtype(device, dtype)
     started = time.perf_counter()
     questions = [question, *(more_questions or [])]
     targets = [OutputTarget.for_path(path) for path in output]
-    validate_query(scene, questions, targets, options)
-
-    load_started = time.perf_counter()
-    segmenter = load_segmenter(model, revision=revision, device=device, dtype=dtype, task=task, quiet=quiet)
-    load_seconds = time.perf_counter() - load_started
-
-    with StderrProgress("windows", quiet=quiet) as progress:
-        report = run_query(scene, questions, targets, segmenter, options, progress=progress)
+    with validate_query(scene, questions, targets, options) as opened:
+        load_started = time.perf_counter()
+        segmenter = load_segmenter(model, revision=revision, device=device, dtype=dtype, task=task, quiet=quiet)
+        load_seconds = time.perf_counter() - load_started
+        with StderrProgress("windows", quiet=quiet) as progress:
+            report = run_query(opened, questions, targets, segmenter, options, progress=progress)
     report.timings = {"load_model": round(load_seconds, 3), **report.timings,
                       "command": round(time.perf_counter() - started, 3)}
 
@@ -75,57 +72,6 @@ def query_command(
         sys.stdout.flush()
     if not quiet:
         _print_summary(report)
-
-
-def resolve_task(task: str, model: str) -> str:
-    task = task.lower()
-    if task in ("reasoning", "referring"):
-        return task
-    if task != "auto":
-        raise typer.BadParameter(f"{task!r}: choose auto, reasoning or referring", param_hint="--task")
-    # The referring releases were trained on short descriptions with their own template.
-    lowered = model.lower()
-    return "referring" if ("rrsis" in lowered or "refsegrs" in lowered) else "reasoning"
-
-
-def compute_dtype(device: str, dtype: str):
-    """The torch dtype ``--device`` and ``--dtype`` resolve to; a combination that cannot run exits 2."""
-    from segearth_model.checkpoint import resolve_device, resolve_dtype
-
-    try:
-        return resolve_dtype(dtype, resolve_device(device))
-    except ValueError as exc:
-        raise UsageError(f"--device {device} --dtype {dtype}: {exc}") from None
-
-
-def load_segmenter(model: str, *, revision: Optional[str], device: str, dtype: str, task: str, quiet: bool,
-                   official_numerics: bool = False):
-    """Load the model behind the Segmenter interface; unavailable models exit 4 with a way out.
-
-    ``official_numerics`` reproduces the weight rounding of the paper's evaluation (see
-    ``segearth_model.load_pretrained``); ``segearth eval`` asks for it in float32.
-    """
-    task = resolve_task(task, model)
-    import segearth_model
-    from segearth_model.checkpoint import ModelLoadError
-    from segearth_model.predictor import MaskPredictor
-
-    from ..segmenter import ModelSegmenter
-
-    compute_dtype(device, dtype)
-
-    if model == TINY_RANDOM:
-        log.warning("model 'tiny-random' has random weights: its answers are meaningless "
-                    "(use it to try the pipeline, not to read the result)")
-    elif not quiet:
-        log.info("loading model %s%s", model, f" at {revision}" if revision else "")
-    try:
-        network, tokenizer = segearth_model.load_pretrained(model, revision=revision, device=device, dtype=dtype,
-                                                            official_numerics=official_numerics)
-    except ModelLoadError as exc:
-        # The model package's messages already name the repo or file and how to get it.
-        raise ModelUnavailableError(str(exc)) from exc
-    return ModelSegmenter(MaskPredictor(network, tokenizer, task=task, name=model))
 
 
 def _print_summary(report) -> None:
