@@ -1,6 +1,6 @@
-"""Throughput and memory of the pipeline core with a near-free stand-in model.
+"""Throughput and memory of the pipelined query with a stand-in model of chosen cost.
 
-Runs read -> window -> (constant segmenter) -> blend -> mask GeoTIFF write over
+Runs ``run_query`` (readers -> stand-in segmenter -> blend -> mask GeoTIFF) over
 
 * ``rio-tiler__cog_world.tif`` (36000 x 18000, one band, EPSG:4326) from the shared
   sample scenes (path as an argument; default ``../shared/real_scenes/`` next to the
@@ -8,11 +8,16 @@ Runs read -> window -> (constant segmenter) -> blend -> mask GeoTIFF write over
 * a generated 20000 x 20000 RGB scene (tiled, DEFLATE, written strip by strip into a
   temporary folder, never held in memory),
 
-and prints megapixels per second (per wall-clock second and per CPU second: on a shared
-machine the first includes waiting for a core) and peak resident memory. Each measurement runs in its own
-process so its peak RSS (``ru_maxrss``) is its own and not the scene generator's.
+with a stand-in segmenter that costs D ms per batch of 8 windows with the GIL released
+(``time.sleep``: what a GPU looks like from the CPU), for each D of ``--delays``. For each
+scene it prints the readers alone (the same reader threads reading every window, nothing
+else), the segmenter alone (8000 / D windows/s), and end to end: windows/s, its ratio to
+the slower of the two alone, megapixels per wall and per CPU second (on a shared machine
+wall time includes waiting for a core) and peak resident memory. Each measurement runs
+in its own process so its peak RSS (``ru_maxrss``) is its own.
 
-    python3 bench/pipeline_bench.py [COG_WORLD_TIF] [--no-write] [--prefetch] [--size 20000] [--keep-scene PATH]
+    python3 bench/pipeline_bench.py [COG_WORLD_TIF] [--size 20000] [--delays 0,20,80] [--workers N]
+                                    [--keep-scene PATH]
 
 Figures only; nothing here asserts a timing.
 """
@@ -20,13 +25,14 @@ Figures only; nothing here asserts a timing.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -61,99 +67,152 @@ def generate_scene(path: Path, size: int) -> None:
             dst.write(block, window=rasterio.windows.Window(0, row0, size, n))
 
 
-def measure(scene_path: str, write: bool, out_dir: str, prefetch: bool = False) -> dict:
-    """One run in this process: returns seconds, megapixels, Mpx/s and peak RSS."""
-    sys.path.insert(0, str(REPO))
-    from read_ahead import ReadAhead
-    from segearth_cli.scene import open_scene
-    from segearth_cli.segmenter import ConstantSegmenter
-    from segearth_cli.stitch import stream_row_blocks
-    from segearth_cli.windows import plan_windows
+class SleepingSegmenter:
+    """Constant logits after ``delay_ms`` per batch of 8 windows spent with the GIL released."""
 
-    sink = None
-    counts = {"windows": 0, "skipped": 0}
+    def __init__(self, delay_ms: float, input_size: int = 1024):
+        self.delay_ms = float(delay_ms)
+        self.input_size = int(input_size)
+        self.name = f"sleep-{delay_ms:g}ms"
+        self.identity = {"id": self.name, "revision": "built-in"}
+        self._plane = np.full((self.input_size, self.input_size), -1.0, dtype=np.float32)
 
-    def count(window, ran):
-        counts["windows"] += 1
-        counts["skipped"] += 0 if ran else 1
+    def segment(self, windows: np.ndarray, questions) -> np.ndarray:
+        time.sleep(self.delay_ms / 1000.0 * len(windows) / 8)
+        return np.broadcast_to(self._plane, (windows.shape[0], len(questions), self.input_size, self.input_size))
 
+
+def _usage() -> tuple[float, float]:
+    """(wall seconds, CPU seconds) so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    cpu_start = usage.ru_utime + usage.ru_stime
-    start = time.perf_counter()
-    with open_scene(scene_path) as reader:
-        scene = reader.scene
-        segmenter = ConstantSegmenter(value=-1.0, input_size=1024)
-        plan = plan_windows(scene, mode="auto", input_size=segmenter.input_size)
-        if write:
-            from segearth_cli.outputs.raster import MaskRasterSink
+    return time.perf_counter(), usage.ru_utime + usage.ru_stime
 
-            sink = MaskRasterSink(Path(out_dir) / "mask.tif", scene, ["bench"], threshold=0.5)
-        rows = 0
-        with contextlib.ExitStack() as stack:
-            source = stack.enter_context(ReadAhead(reader, plan.windows)) if prefetch else reader
-            for block in stream_row_blocks(source, plan, segmenter, ["bench"], batch_size=4, on_window=count):
-                rows += block.height
-                if sink is not None:
-                    sink.write(block)
-        if sink is not None:
-            sink.close()
-    seconds = time.perf_counter() - start
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    cpu_seconds = usage.ru_utime + usage.ru_stime - cpu_start
-    assert rows == scene.height
+
+def _figures(scene, windows: int, started: tuple[float, float]) -> dict:
+    wall, cpu = _usage()
+    seconds, cpu_seconds = wall - started[0], cpu - started[1]
     megapixels = scene.width * scene.height / 1e6
     return {
-        "scene": Path(scene_path).name,
-        "size": f"{scene.width}x{scene.height}",
-        "plan": f"{plan.mode} {len(plan)} windows, footprint {plan.footprint}, overlap {plan.overlap}",
-        "windows_skipped": counts["skipped"],
-        "write": bool(write),
-        "prefetch": bool(prefetch),
-        "seconds": round(seconds, 2),
-        "megapixels": round(megapixels, 1),
-        "mpx_per_s": round(megapixels / seconds, 1),
-        # On a shared machine wall time includes waiting for a CPU; CPU time does not.
-        "cpu_seconds": round(cpu_seconds, 2),
+        "scene": scene.name, "size": f"{scene.width}x{scene.height}", "windows": windows,
+        "seconds": round(seconds, 2), "windows_per_s": round(windows / seconds, 1),
+        "mpx_per_s": round(megapixels / seconds, 1), "cpu_seconds": round(cpu_seconds, 2),
         "mpx_per_cpu_s": round(megapixels / cpu_seconds, 1),
         # Linux reports ru_maxrss in KiB.
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 
 
-def run_isolated(scene: Path, write: bool, prefetch: bool) -> dict:
+def measure_readers(scene_path: str, workers: int) -> dict:
+    """Every window of the plan read by ``workers`` threads, each through its own handle, and dropped."""
+    sys.path.insert(0, str(REPO))
+    from segearth_cli.scene import open_scene
+    from segearth_cli.windows import plan_windows
+
+    started = _usage()
+    with open_scene(scene_path) as reader:
+        plan = plan_windows(reader.scene, mode="auto", input_size=1024)
+        local = threading.local()
+        handles = []
+
+        def read(window) -> None:
+            if not hasattr(local, "handle"):
+                local.handle = reader.twin()
+                handles.append(local.handle)
+            local.handle.read(window)
+
+        try:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for _ in pool.map(read, plan.windows):
+                    pass
+        finally:
+            for handle in handles:
+                handle.close()
+        return _figures(reader.scene, len(plan), started)
+
+
+def measure_query(scene_path: str, delay_ms: float, workers: int, out_dir: str) -> dict:
+    """The whole query, mask GeoTIFF written, with the stand-in of ``delay_ms`` per batch of 8."""
+    sys.path.insert(0, str(REPO))
+    from segearth_cli.query import OutputTarget, QueryOptions, run_query
+    from segearth_cli.scene import open_scene
+
+    started = _usage()
+    report = run_query(scene_path, ["bench"], [OutputTarget.for_path(Path(out_dir) / "mask.tif")],
+                       SleepingSegmenter(delay_ms), QueryOptions(mode="auto", batch_size=8, workers=workers))
+    with open_scene(scene_path) as reader:
+        scene = reader.scene
+    figures = _figures(scene, report.windows_total, started)
+    figures.update(skipped=report.windows_skipped, timings=report.timings)
+    return figures
+
+
+def segmenter_alone(delay_ms: float) -> float:
+    """Windows/s of the stand-in by itself, measured on twenty batches of 8 (inf when free)."""
+    if delay_ms <= 0:
+        return float("inf")
+    segmenter = SleepingSegmenter(delay_ms)
+    batch = np.zeros((8, 3, 1024, 1024), dtype=np.uint8)
+    started = time.perf_counter()
+    for _ in range(20):
+        segmenter.segment(batch, ["bench"])
+    return 160 / (time.perf_counter() - started)
+
+
+def run_isolated(*arguments: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="segearth-bench-out-") as out_dir:
-        command = [sys.executable, __file__, "--measure", str(scene), "--out-dir", out_dir]
-        if not write:
-            command.append("--no-write")
-        if prefetch:
-            command.append("--prefetch")
+        command = [sys.executable, __file__, *arguments, "--out-dir", out_dir]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
-            raise SystemExit(f"measurement of {scene} failed:\n{done.stderr}")
+            raise SystemExit(f"measurement {arguments} failed:\n{done.stderr}")
         return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_scene(scene: Path, delays: list[float], workers: int) -> None:
+    readers = run_isolated("--measure-readers", str(scene), "--workers", str(workers))
+    print(f"{readers['scene']} ({readers['size']}, {readers['windows']} windows, {workers} reader threads)")
+    print(f"  readers alone        {readers['windows_per_s']:7.1f} windows/s ({readers['seconds']:.1f} s, "
+          f"{readers['cpu_seconds']:.1f} CPU-s, peak RSS {readers['peak_rss_mb']:.0f} MB)")
+    for delay in delays:
+        alone = segmenter_alone(delay)
+        result = run_isolated("--measure-query", str(scene), "--delay", str(delay), "--workers", str(workers))
+        bound = min(readers["windows_per_s"], alone)
+        phases = ", ".join(f"{k} {v:.1f}" for k, v in result["timings"].items()
+                           if k in ("read", "model", "stitch", "write"))
+        print(f"  D = {delay:4g} ms/batch: segmenter alone {alone:7.1f} windows/s; end to end "
+              f"{result['windows_per_s']:6.1f} windows/s = {result['windows_per_s'] / bound:.2f} x min "
+              f"({result['seconds']:.1f} s, {result['mpx_per_s']:.1f} Mpx/s, {result['mpx_per_cpu_s']:.1f} Mpx/CPU-s, "
+              f"peak RSS {result['peak_rss_mb']:.0f} MB; thread-seconds: {phases})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("world", nargs="?", default=str(DEFAULT_WORLD), help="path of rio-tiler__cog_world.tif")
     parser.add_argument("--size", type=int, default=20000, help="side of the generated RGB scene")
-    parser.add_argument("--no-write", action="store_true", help="skip the mask GeoTIFF write")
+    parser.add_argument("--delays", default="0,20,80", help="stand-in cost per batch of 8, ms, comma separated")
+    parser.add_argument("--workers", type=int, help="reader threads (default: as segearth query chooses)")
     parser.add_argument("--keep-scene", metavar="PATH",
                         help="write the generated scene here and keep it (reused when it exists)")
-    parser.add_argument("--prefetch", action="store_true", help="read the next window in a background thread")
-    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--measure-readers", help=argparse.SUPPRESS)
+    parser.add_argument("--measure-query", help=argparse.SUPPRESS)
+    parser.add_argument("--delay", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--out-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    write = not args.no_write
 
-    if args.measure:
-        print(json.dumps(measure(args.measure, write, args.out_dir, args.prefetch)))
+    if args.measure_readers:
+        print(json.dumps(measure_readers(args.measure_readers, args.workers)))
+        return
+    if args.measure_query:
+        print(json.dumps(measure_query(args.measure_query, args.delay, args.workers, args.out_dir)))
         return
 
-    results = []
+    sys.path.insert(0, str(REPO))
+    from segearth_cli.executor import default_workers
+
+    workers = args.workers or default_workers()
+    delays = [float(d) for d in args.delays.split(",")]
     world = Path(args.world)
     if world.is_file():
-        results.append(run_isolated(world, write, args.prefetch))
+        bench_scene(world, delays, workers)
     else:
         print(f"skipping {world}: not found", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="segearth-bench-") as folder:
@@ -163,15 +222,7 @@ def main() -> None:
             generate_scene(generated, args.size)
             print(f"generated {generated.name} in {time.perf_counter() - t0:.1f} s "
                   f"({generated.stat().st_size / 1e6:.0f} MB on disk)", file=sys.stderr)
-        results.append(run_isolated(generated, write, args.prefetch))
-    for result in results:
-        print(
-            f"{result['scene']:<32} {result['size']:>12}  {result['mpx_per_s']:7.1f} Mpx/s wall "
-            f"({result['seconds']:.1f} s)  {result['mpx_per_cpu_s']:7.1f} Mpx/CPU-s ({result['cpu_seconds']:.1f} s)  "
-            f"peak RSS {result['peak_rss_mb']:7.1f} MB  "
-            f"write={'yes' if result['write'] else 'no'}  prefetch={'yes' if result['prefetch'] else 'no'}  "
-            f"[{result['plan']}, {result['windows_skipped']} skipped]"
-        )
+        bench_scene(generated, delays, workers)
 
 
 if __name__ == "__main__":

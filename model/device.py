@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .precision import AUTO, check_device_spelling, check_dtype_spelling
+from .precision import AUTO, check_device_spelling, check_dtype_spelling, device_names
 
 
 def _mps_available() -> bool:
@@ -12,11 +12,36 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
+def resolve_devices(device: str | torch.device = AUTO) -> list[torch.device]:
+    """Every device a spelling names, one per model copy.
+
+    A list (``cuda:0,cuda:2``) names each of its GPUs; ``cuda`` (or ``auto`` resolving to
+    it) names every visible GPU when there are several; anything else names one device.
+    """
+    if isinstance(device, torch.device):
+        return [device]
+    names = device_names(check_device_spelling(device))
+    if len(names) > 1:
+        resolved = [resolve_device(name) for name in names]
+        count = torch.cuda.device_count()
+        missing = [str(d) for d in resolved if d.index >= count]
+        if missing:
+            raise ValueError(f"device {missing[0]!r} requested but this machine has {count} visible GPU(s)")
+        return resolved
+    single = resolve_device(device)
+    if single.type == "cuda" and single.index is None and torch.cuda.device_count() > 1:
+        return [torch.device("cuda", index) for index in range(torch.cuda.device_count())]
+    return [single]
+
+
 def resolve_device(device: str | torch.device = AUTO) -> torch.device:
-    """``"auto"`` picks cuda, then mps, then cpu; otherwise one of the spellings of :mod:`.precision`."""
+    """``"auto"`` picks cuda, then mps, then cpu; otherwise one of the spellings of :mod:`.precision`.
+
+    Of a list of GPUs, the first.
+    """
     if isinstance(device, torch.device):
         return device
-    spelling = check_device_spelling(device)
+    spelling = device_names(check_device_spelling(device))[0]
     if spelling == AUTO:
         if torch.cuda.is_available():
             return torch.device("cuda")

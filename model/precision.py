@@ -36,8 +36,22 @@ def check_dtype_spelling(text: str) -> str:
         raise ValueError(f"unknown dtype {text!r}; expected auto, float32, bfloat16 or float16") from None
 
 
+_GPU_LIST_SPELLING = re.compile(r"^cuda:\d+(,cuda:\d+)+$")
+
+
 def check_device_spelling(text: str) -> str:
-    """``text`` if it names a device the loader can use; ValueError otherwise."""
-    if not _DEVICE_SPELLING.match(str(text)):
-        raise ValueError(f"unknown device {text!r}; expected auto, cpu, cuda, cuda:N or mps")
-    return str(text)
+    """``text`` if it names a device the loader can use, or several GPUs (``cuda:0,cuda:2``); ValueError otherwise."""
+    spelling = str(text)
+    if _GPU_LIST_SPELLING.match(spelling):
+        names = device_names(spelling)
+        if len(set(names)) != len(names):
+            raise ValueError(f"device list {text!r} names a GPU twice")
+        return spelling
+    if not _DEVICE_SPELLING.match(spelling):
+        raise ValueError(f"unknown device {text!r}; expected auto, cpu, cuda, cuda:N, a list cuda:N,cuda:M or mps")
+    return spelling
+
+
+def device_names(text: str) -> list[str]:
+    """The devices a spelling names, one per model copy: ``cuda:0,cuda:2`` -> ``["cuda:0", "cuda:2"]``."""
+    return str(text).split(",")

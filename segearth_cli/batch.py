@@ -86,7 +86,7 @@ RECORD_FORMAT = 1
 #: GeoTIFF tag holding the same ``inputs`` object as the sidecar.
 RECORD_TAG = "SEGEARTH_RECORD"
 #: Query options that cannot change an output, so a rerun with a different value still skips.
-OPTIONS_WITHOUT_EFFECT = frozenset({"batch_size", "overwrite"})
+OPTIONS_WITHOUT_EFFECT = frozenset({"batch_size", "overwrite", "workers"})
 
 _PARTIAL_HASH_SPAN = 1 << 20
 _GDAL_SIDECARS = (".msk", ".ovr", ".aux.xml")

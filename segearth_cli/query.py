@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import warnings
 from contextlib import contextmanager
@@ -73,6 +74,8 @@ class QueryOptions:
     overwrite: bool = False
     batch_size: int = 4
     pixel_coordinates: bool = False
+    #: Threads reading windows ahead of the model (None: one per core, see executor.default_workers).
+    workers: Optional[int] = None
 
     def check(self) -> None:
         """Raise UsageError for settings no scene could satisfy: the one place they are validated."""
@@ -87,6 +90,8 @@ class QueryOptions:
             raise UsageError("--min-area and --simplify cannot be negative")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.workers is not None and self.workers < 1:
+            raise UsageError(f"--workers {self.workers}: must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -373,21 +378,18 @@ def _write_outputs(reader: "SceneReader", plan: "WindowPlan", questions: list[st
 
 def _stream(reader: "SceneReader", plan: "WindowPlan", questions: list[str], segmenter, options: QueryOptions,
             sinks: "_Sinks", clock: "_Clock", counter: "_WindowCounter") -> None:
-    from .stitch import stream_row_blocks
+    from .executor import run_plan
 
-    loop_started = time.perf_counter()
-    blocks = stream_row_blocks(
-        _TimedReader(reader, clock), plan, _TimedSegmenter(segmenter, clock), questions,
-        batch_size=options.batch_size, on_window=counter,
-    )
-    if _validity_is_approximate(reader.scene, plan):
-        blocks = _with_native_validity(blocks, reader, clock)
-    for block in blocks:
+    native_validity = _validity_is_approximate(reader.scene, plan)
+
+    def write(block) -> None:
+        if native_validity:
+            block = _with_native_validity(block, reader, clock)
         with clock("write"):
             sinks.write(block)
-    loop = time.perf_counter() - loop_started
-    accounted = sum(clock.seconds.get(k, 0.0) for k in ("read", "model", "write"))
-    clock.add("stitch", max(0.0, loop - accounted))
+
+    run_plan(reader, plan, segmenter, questions, write, batch_size=options.batch_size, workers=options.workers,
+             on_window=counter, clock=clock)
 
 
 def _question_results(questions: Sequence[str], summaries: Sequence) -> list[QuestionResult]:
@@ -404,7 +406,7 @@ def _question_results(questions: Sequence[str], summaries: Sequence) -> list[Que
 
 
 class _WindowCounter:
-    """``on_window`` of ``stream_row_blocks``: counts windows run and skipped, reports progress."""
+    """``on_window`` of the executor: counts windows run and skipped, reports progress."""
 
     def __init__(self, total: int, progress: Optional[ProgressCallback]):
         self.total = total
@@ -425,37 +427,15 @@ class _WindowCounter:
             self.progress(self.run + self.skipped, self.total)
 
 
-class _TimedSegmenter:
-    """Passes calls through to the segmenter and adds up the seconds spent in it."""
-
-    def __init__(self, segmenter, clock: "_Clock"):
-        self._segmenter = segmenter
-        self._clock = clock
-        self.name = segmenter.name
-        self.input_size = segmenter.input_size
-
-    def segment(self, windows, questions):
-        with self._clock("model"):
-            return self._segmenter.segment(windows, questions)
-
-
-class _TimedReader:
-    """The scene reader as ``stream_row_blocks`` uses it (``read`` only), with read time measured."""
-
-    def __init__(self, reader, clock: "_Clock"):
-        self._reader = reader
-        self._clock = clock
-
-    def read(self, window):
-        with self._clock("read"):
-            return self._reader.read(window)
-
-
 class _Clock:
-    """Seconds per phase; ``with clock("phase"):`` adds the block's duration to it (nesting allowed)."""
+    """Seconds per phase; ``with clock("phase"):`` adds the block's duration to it (nesting allowed).
+
+    Phases that run in several threads at once (reading, the model) add up every thread's time.
+    """
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     @contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
@@ -466,7 +446,8 @@ class _Clock:
             self.add(phase, time.perf_counter() - started)
 
     def add(self, phase: str, seconds: float) -> None:
-        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+        with self._lock:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
 
 
 def _validity_is_approximate(scene, plan) -> bool:
@@ -475,14 +456,13 @@ def _validity_is_approximate(scene, plan) -> bool:
     return can_be_invalid and any(not window.native for window in plan)
 
 
-def _with_native_validity(blocks, reader, clock: _Clock):
-    """Row blocks whose validity also excludes every invalid pixel of the file itself."""
+def _with_native_validity(block, reader, clock: _Clock):
+    """The row block with a validity that also excludes every invalid pixel of the file itself."""
     from .stitch import RowBlock
 
-    for block in blocks:
-        with clock("read"):
-            native = reader.read_valid_rows(block.row_off, block.height)
-        yield RowBlock(block.row_off, block.probabilities, block.valid & native)
+    with clock("read"):
+        native = reader.read_valid_rows(block.row_off, block.height)
+    return RowBlock(block.row_off, block.probabilities, block.valid & native)
 
 
 def _unique_messages(texts: Sequence[str]) -> list[str]:

@@ -143,6 +143,28 @@ class SceneReader:
     def _fail(self, problem: str) -> InputError:
         return InputError(f"{self._label}: {problem}")
 
+    def twin(self) -> "SceneReader":
+        """Another handle on the same scene, with every decision of this one (bands, stretch).
+
+        A GDAL dataset must be used by one thread at a time; each reader thread of a
+        pipelined query reads through a twin of its own. Close it when done.
+        """
+        twin = object.__new__(SceneReader)
+        twin.path, twin._label, twin._env = self.path, self._label, None
+        twin._src = twin._file = None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                twin._file = _open_file(self.path, twin._fail)
+                _, twin._src = _georeference(twin._file, self._data_resampling, twin._fail)
+                twin._bands = _BandReader(twin._src, self._bands.bands, twin._fail)
+        except BaseException:
+            twin.close()
+            raise
+        twin._data_resampling, twin._palette, twin._stretch = self._data_resampling, self._palette, self._stretch
+        twin.scene = self.scene
+        return twin
+
     def _open(self, bands: Optional[Sequence[int]]) -> None:
         self._file = _open_file(self.path, self._fail)
         chosen, colour = _choose_bands(self._file, bands, self._fail)

@@ -94,14 +94,43 @@ class ConstantSegmenter:
         return np.broadcast_to(self._plane, (windows.shape[0], self.input_size, self.input_size))
 
 
+class ReplicatedSegmenter:
+    """Copies of one segmenter on several devices, answering as one.
+
+    The pipeline spreads batches over ``replicas`` (one thread each); a direct call goes to
+    the first copy. Every copy must answer the same windows with the same logits.
+    """
+
+    def __init__(self, replicas: Sequence, identity: Optional[dict[str, Any]] = None):
+        if not replicas:
+            raise ValueError("at least one replica is needed")
+        first = replicas[0]
+        self.replicas = tuple(replicas)
+        self.name = first.name
+        self.input_size = int(first.input_size)
+        self.identity = dict(identity or first.identity)
+
+    def segment(self, windows: np.ndarray, questions: Sequence[str]) -> np.ndarray:
+        return self.replicas[0].segment(windows, questions)
+
+    def segment_pairs(self, windows: np.ndarray, questions: Sequence[str]) -> np.ndarray:
+        return self.replicas[0].segment_pairs(windows, questions)
+
+
 class ModelSegmenter:
-    """Adapts ``segearth_model.MaskPredictor`` (torch in, torch out) to numpy."""
+    """Adapts ``segearth_model.MaskPredictor`` (torch in, torch out) to numpy.
+
+    On a GPU the windows go through a page-locked staging buffer, so the copy to the device
+    is asynchronous and the next batch can be assembled meanwhile. One thread at a time per
+    instance: the buffer is reused by the next call.
+    """
 
     def __init__(self, predictor, identity: Optional[dict[str, Any]] = None):
         self.predictor = predictor
         self.name = str(predictor.name)
         self.input_size = int(predictor.input_size)
         self.identity = dict(identity or {"id": self.name})
+        self._staging = None
 
     @property
     def device(self) -> str:
@@ -115,14 +144,29 @@ class ModelSegmenter:
             raise ValueError(f"{len(windows)} windows but {len(questions)} questions")
         return self._run(self.predictor.predict_pairs, windows, questions)
 
-    @staticmethod
-    def _run(call, windows: np.ndarray, questions: Sequence[str]) -> np.ndarray:
+    def _run(self, call, windows: np.ndarray, questions: Sequence[str]) -> np.ndarray:
         import torch
 
         images = torch.from_numpy(np.ascontiguousarray(windows))
+        device = self.predictor.device
+        if device.type == "cuda":
+            images = self._staged(images).to(device, non_blocking=True)
         with torch.inference_mode():
             logits = call(images, list(questions))
         return logits.detach().to(device="cpu", dtype=torch.float32).numpy()
+
+    def _staged(self, images):
+        """``images`` copied into the page-locked buffer, grown to the largest batch seen.
+
+        Safe to reuse at the next call: the logits' copy back to the host waited for the
+        whole stream, this upload included.
+        """
+        staging = self._staging
+        if staging is None or staging.shape[0] < images.shape[0] or staging.shape[1:] != images.shape[1:]:
+            staging = self._staging = images.new_empty(images.shape).pin_memory()
+        staged = staging[: images.shape[0]]
+        staged.copy_(images)
+        return staged
 
 
 # --------------------------------------------------------------------------- the hub, without torch
@@ -165,6 +209,19 @@ def check_device_and_dtype(device: str, dtype: str) -> None:
             check(value)
         except ValueError as exc:
             raise UsageError(f"{option} {value}: {exc}") from None
+
+
+def device_names(device: str) -> list[str]:
+    """The torch devices ``--device`` resolves to, one per model copy; imports torch.
+
+    ``cuda`` is every visible GPU, ``cuda:0,cuda:2`` those two.
+    """
+    from segearth_model.device import resolve_devices
+
+    try:
+        return [str(d) for d in resolve_devices(device)]
+    except ValueError as exc:
+        raise UsageError(f"--device {device}: {exc}") from None
 
 
 def device_name(device: str) -> str:
@@ -249,23 +306,34 @@ def pinned_revision(model: str, revision: Optional[str], identity: dict[str, Any
 
 
 def load_segmenter(model: str, *, revision: Optional[str], device: str, dtype: str, task: str, quiet: bool,
-                   official_numerics: bool = False, identity: Optional[dict[str, Any]] = None) -> ModelSegmenter:
+                   official_numerics: bool = False, identity: Optional[dict[str, Any]] = None):
     """Load the model behind the Segmenter interface; unavailable models exit 4 with a way out.
 
     ``official_numerics`` reproduces the weight rounding of the paper's evaluation (see
     ``segearth_model.load_pretrained``). ``identity``, when the caller already resolved it
-    (a batch pins the revision before loading), is what the segmenter reports.
+    (a batch pins the revision before loading), is what the segmenter reports. A ``device``
+    naming several GPUs gives a :class:`ReplicatedSegmenter` with one copy on each.
     """
-    task = resolve_task(task, model)
-    dtype_name = compute_dtype(device, dtype, official_numerics=official_numerics)
-
-    import segearth_model
-
+    devices = device_names(device)
     if model == TINY_RANDOM:
         log.warning("model 'tiny-random' has random weights: its answers are meaningless "
                     "(use it to try the pipeline, not to read the result)")
     elif not quiet:
         log.info("loading model %s%s", model, f" at {revision}" if revision else "")
+    replicas = [_load_one(model, revision=revision, device=name, dtype=dtype, task=task,
+                          official_numerics=official_numerics, identity=identity) for name in devices]
+    if len(replicas) == 1:
+        return replicas[0]
+    return ReplicatedSegmenter(replicas, {**replicas[0].identity, "device": ",".join(devices)})
+
+
+def _load_one(model: str, *, revision: Optional[str], device: str, dtype: str, task: str,
+              official_numerics: bool, identity: Optional[dict[str, Any]]) -> ModelSegmenter:
+    task = resolve_task(task, model)
+    dtype_name = compute_dtype(device, dtype, official_numerics=official_numerics)
+
+    import segearth_model
+
     try:
         network, tokenizer = segearth_model.load_pretrained(model, revision=revision, device=device, dtype=dtype,
                                                             official_numerics=official_numerics)

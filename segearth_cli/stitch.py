@@ -392,6 +392,15 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return out
 
 
+def window_probabilities(segmenter, canvases: np.ndarray, questions: Sequence[str], input_size: int) -> np.ndarray:
+    """float32 probabilities (B, M, S, S) the segmenter gives the canvases (B, 3, S, S), shape checked."""
+    logits = segmenter.segment(canvases, questions)
+    expected = (len(canvases), len(questions), input_size, input_size)
+    if tuple(logits.shape) != expected:
+        raise RuntimeError(f"segmenter {segmenter.name} returned logits of shape {logits.shape}, expected {expected}")
+    return sigmoid(logits)
+
+
 def stream_row_blocks(
     reader,
     plan: WindowPlan,
@@ -413,13 +422,7 @@ def stream_row_blocks(
     batch: list[np.ndarray] = []
 
     def drain() -> Iterator[RowBlock]:
-        probabilities = None
-        if batch:
-            logits = segmenter.segment(np.stack(batch), questions)
-            expected = (len(batch), len(questions), plan.input_size, plan.input_size)
-            if tuple(logits.shape) != expected:
-                raise RuntimeError(f"segmenter {segmenter.name} returned logits of shape {logits.shape}, expected {expected}")
-            probabilities = sigmoid(logits)
+        probabilities = window_probabilities(segmenter, np.stack(batch), questions, plan.input_size) if batch else None
         position = 0
         for window, valid in queue:
             if valid is None:

@@ -9,15 +9,13 @@ or transposed axis, or a blend that leaks padding shows up as a mismatch.
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 from affine import Affine
 from rasterio.crs import CRS
 
+from segearth_cli.executor import run_plan
 from segearth_cli.scene import open_scene
 from segearth_cli.segmenter import PixelFunctionSegmenter
 from segearth_cli.stitch import Stitcher, stream_row_blocks
@@ -87,29 +85,29 @@ def smooth_logits(windows: np.ndarray) -> np.ndarray:
 # -- driving the pipeline core ------------------------------------------------------------
 
 
-def read_ahead_class():
-    """The benchmark's thread read-ahead (bench/read_ahead.py), which must not change any answer."""
-    location = Path(__file__).resolve().parents[1] / "bench" / "read_ahead.py"
-    spec = importlib.util.spec_from_file_location("read_ahead", location)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.ReadAhead
+def run_core(path, segmenter, pipelined=False, **plan_options):
+    """(stitched probability (H, W), valid (H, W), plan, scene) for one question.
 
-
-def run_core(path, segmenter, prefetch=False, **plan_options):
-    """(stitched probability (H, W), valid (H, W), plan, scene) for one question."""
-    with open_scene(path) as reader, contextlib.ExitStack() as stack:
+    ``pipelined``: through the threaded executor (three readers) instead of the sequential loop.
+    """
+    with open_scene(path) as reader:
         scene = reader.scene
         plan = plan_windows(scene, input_size=segmenter.input_size, **plan_options)
         probability = np.full((scene.height, scene.width), np.nan, dtype=np.float32)
         valid = np.zeros((scene.height, scene.width), dtype=bool)
         seen = np.zeros(scene.height, dtype=int)
-        source = stack.enter_context(read_ahead_class()(reader, plan.windows)) if prefetch else reader
-        for block in stream_row_blocks(source, plan, segmenter, ["q"], batch_size=3):
+
+        def take(block) -> None:
             rows = slice(block.row_off, block.row_off + block.height)
             probability[rows] = block.probabilities[0]
             valid[rows] = block.valid
             seen[rows] += 1
+
+        if pipelined:
+            run_plan(reader, plan, segmenter, ["q"], take, batch_size=3, workers=3)
+        else:
+            for block in stream_row_blocks(reader, plan, segmenter, ["q"], batch_size=3):
+                take(block)
         assert (seen == 1).all(), "every row must be released exactly once"
         return probability, valid, plan, scene
 
@@ -159,11 +157,11 @@ def test_native_resolution_tiles_reproduce_the_function_exactly(write_geotiff, g
     assert (probability[~valid] == 0).all()
 
 
-def test_reading_ahead_in_a_thread_gives_the_same_answer(write_geotiff):
+def test_the_pipelined_run_gives_the_sequential_answer(write_geotiff):
     path, *_ = write_encoded(write_geotiff, "ahead.tif", 260, 200, "rotated", hashed_channels, nodata_box=(0, 70, 0, 70))
     segmenter = PixelFunctionSegmenter(hashed_logits, input_size=SIZE)
     serial = run_core(path, segmenter, mode="tiled", overlap=0.25)
-    ahead = run_core(path, segmenter, prefetch=True, mode="tiled", overlap=0.25)
+    ahead = run_core(path, segmenter, pipelined=True, mode="tiled", overlap=0.25)
     np.testing.assert_array_equal(serial[0], ahead[0])
     np.testing.assert_array_equal(serial[1], ahead[1])
 

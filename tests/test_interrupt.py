@@ -68,8 +68,9 @@ def wait_until_running(process: subprocess.Popen, out: Path) -> None:
     assert process.poll() is None, "the query finished before the signal; it needs more windows"
 
 
-# Hundreds of 32-pixel windows: tiny-random needs well over a minute for them all.
-SLOW = ("--mode", "tiled", "--window", "32", "--batch-size", "1")
+# Hundreds of 32-pixel windows: tiny-random needs well over a minute for them all; several
+# reader threads, so the signal meets a pipelined run with every stage busy.
+SLOW = ("--mode", "tiled", "--window", "32", "--batch-size", "1", "--workers", "3")
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from segearth_model.device import resolve_device, resolve_dtype
-from segearth_model.precision import DTYPE_SPELLINGS, check_device_spelling, check_dtype_spelling
+from segearth_model.device import resolve_device, resolve_devices, resolve_dtype
+from segearth_model.precision import DTYPE_SPELLINGS, check_device_spelling, check_dtype_spelling, device_names
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "model"
 
@@ -116,9 +116,10 @@ def test_unknown_dtype_is_refused_the_same_way_everywhere(spelling):
     assert str(with_torch.value) == str(without_torch.value)
 
 
-@pytest.mark.parametrize("spelling", ["tpu", "gpu", "cuda:", "cuda:x", "CPU", "meta"])
+@pytest.mark.parametrize("spelling", ["tpu", "gpu", "cuda:", "cuda:x", "CPU", "meta", "cuda,cuda:1", "cuda:0,cpu",
+                                      "cuda:0,", "cuda:0;cuda:1"])
 def test_unknown_device_is_refused_the_same_way_everywhere(spelling):
-    with pytest.raises(ValueError, match=r"unknown device .*expected auto, cpu, cuda, cuda:N or mps") as without_torch:
+    with pytest.raises(ValueError, match=r"unknown device .*expected auto, cpu, cuda, cuda:N, a list cuda:N,cuda:M or mps") as without_torch:
         check_device_spelling(spelling)
     with pytest.raises(ValueError) as with_torch:
         resolve_device(spelling)
@@ -126,7 +127,25 @@ def test_unknown_device_is_refused_the_same_way_everywhere(spelling):
 
 
 def test_known_device_spellings():
-    for spelling in ("auto", "cpu", "cuda", "cuda:0", "cuda:12", "mps"):
+    for spelling in ("auto", "cpu", "cuda", "cuda:0", "cuda:12", "mps", "cuda:0,cuda:2", "cuda:3,cuda:1,cuda:0"):
         assert check_device_spelling(spelling) == spelling
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type in {"cpu", "cuda", "mps"}
+
+
+def test_a_gpu_list_names_each_gpu_once():
+    assert device_names("cuda:0,cuda:2") == ["cuda:0", "cuda:2"]
+    assert device_names("cpu") == ["cpu"]
+    with pytest.raises(ValueError, match="names a GPU twice"):
+        check_device_spelling("cuda:1,cuda:1")
+
+
+def test_one_device_resolves_to_one_model_copy():
+    assert resolve_devices("cpu") == [torch.device("cpu")]
+    assert resolve_devices(torch.device("cpu")) == [torch.device("cpu")]
+
+
+@pytest.mark.skipif(torch.cuda.device_count() > 0, reason="checks the refusal on a machine without GPUs")
+def test_a_gpu_list_needs_the_gpus():
+    with pytest.raises(ValueError, match="no CUDA device"):
+        resolve_devices("cuda:0,cuda:1")

@@ -179,7 +179,7 @@ def test_stand_in_and_model_segmenters_follow_the_protocol():
     assert out.shape == (2, 2, 8, 8) and (out[1] == 2.0).all() and (out[0] == 0.0).all()
 
     class FakePredictor:
-        name, input_size = "fake/model", 8
+        name, input_size, device = "fake/model", 8, torch.device("cpu")
 
         def predict(self, images, questions):
             assert isinstance(images, torch.Tensor) and images.dtype == torch.uint8

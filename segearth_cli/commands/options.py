@@ -73,7 +73,8 @@ Revision = Annotated[
 Device = Annotated[
     str,
     typer.Option(
-        "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps; auto picks a GPU when one is usable.",
+        "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N, a list such as cuda:0,cuda:2, or mps; auto picks a GPU when one is usable. "
+        "cuda uses every visible GPU, one model copy each.",
         rich_help_panel=_MODEL_PANEL,
     ),
 ]
@@ -90,6 +91,12 @@ BatchSize = Annotated[
     int,
     typer.Option("--batch-size", metavar="N", help="Windows sent to the model at once.",
                  rich_help_panel=_MODEL_PANEL),
+]
+Workers = Annotated[
+    Optional[int],
+    typer.Option("--workers", metavar="N",
+                 help="Threads reading windows ahead of the model; default: one per CPU core (at most 8).",
+                 show_default=False, rich_help_panel=_MODEL_PANEL),
 ]
 Task = Annotated[
     str,

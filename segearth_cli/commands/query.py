@@ -33,6 +33,7 @@ def query_command(
     device: opt.Device = "auto",
     dtype: opt.Dtype = "auto",
     batch_size: opt.BatchSize = 4,
+    workers: opt.Workers = None,
     task: opt.Task = "auto",
     mode: opt.Mode = "auto",
     window: opt.WindowSize = None,

@@ -1,0 +1,321 @@
+"""Pipelined execution of a window plan: reading, the model and blending overlap.
+
+Reader threads, each with its own handle on the scene (GDAL decodes with the GIL
+released), read windows ahead in plan order; the calling thread groups them into batches;
+one thread per model replica (one per GPU) runs the batches; a writer thread blends the
+answers in plan order and hands every finished row block on. Each hand-over is bounded,
+so memory depends on the window size, the batch size and the number of replicas, never
+on the scene; and answers are blended in plan order whatever finished first, so the
+outputs are the same for any number of readers or replicas.
+
+The first failure of any stage, or an interrupt (Ctrl-C) in the calling thread, stops
+every stage and is raised in the calling thread once all threads have ended.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Iterator, Optional, Sequence
+
+import numpy as np
+
+from .stitch import RowBlock, Stitcher, window_probabilities
+from .windows import Window, WindowPlan
+
+#: Reader threads when the caller does not say: one per core, up to this many.
+MAX_DEFAULT_WORKERS = 8
+
+#: ``clock(phase)``: a context manager that adds the time spent inside it to ``phase``.
+Clock = Callable[[str], ContextManager]
+#: ``on_window(window, ran_model)`` once the window was blended (or skipped), in plan order.
+WindowCallback = Callable[[Window, bool], None]
+
+
+def default_workers() -> int:
+    """Reader threads for this machine: one per core, at most :data:`MAX_DEFAULT_WORKERS`."""
+    return max(1, min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
+
+
+def replicas_of(segmenter) -> tuple:
+    """The model copies that answer for ``segmenter``: one per device it was loaded on."""
+    return tuple(getattr(segmenter, "replicas", None) or (segmenter,))
+
+
+@dataclass(frozen=True)
+class ReadWindow:
+    """A window as read: its canvas and validity, or ``valid`` None when no pixel is valid."""
+
+    window: Window
+    rgb: np.ndarray
+    valid: Optional[np.ndarray]
+
+
+@dataclass
+class _Batch:
+    """Consecutive windows of the plan; ``canvases`` stacks those with valid pixels (None if none)."""
+
+    windows: list[ReadWindow]
+    canvases: Optional[np.ndarray]
+    probabilities: Optional[np.ndarray] = None
+    done: bool = False
+
+
+class _Stopped(Exception):
+    """Another stage failed: this one ends quietly; the failure is raised by the caller."""
+
+
+class _Shared:
+    """The one condition every stage waits on, and the first failure."""
+
+    def __init__(self) -> None:
+        self.condition = threading.Condition()
+        self.failure: Optional[BaseException] = None
+
+    def fail(self, exc: BaseException) -> None:
+        with self.condition:
+            if self.failure is None:
+                self.failure = exc
+            self.condition.notify_all()
+
+    def wait_for(self, ready: Callable[[], bool]) -> None:
+        """Wait (holding the condition) until ``ready()``; raise _Stopped once any stage failed."""
+        while True:
+            if self.failure is not None:
+                raise _Stopped
+            if ready():
+                return
+            self.condition.wait()
+
+    def thread(self, work: Callable[[], None], name: str) -> threading.Thread:
+        """A thread running ``work`` that reports its failure here instead of dying alone."""
+
+        def guarded() -> None:
+            try:
+                work()
+            except _Stopped:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+                self.fail(exc)
+
+        # Daemon: a second Ctrl-C while the first one waits for the threads must still end the process.
+        return threading.Thread(target=guarded, name=name, daemon=True)
+
+
+class _Readers:
+    """Reader threads that read the plan's windows ahead, at most ``ahead`` beyond the consumer."""
+
+    def __init__(self, reader, windows: Sequence[Window], workers: int, ahead: int, shared: _Shared, clock: Clock):
+        self._reader = reader
+        self._windows = list(windows)
+        self._ahead = max(1, ahead)
+        self._shared = shared
+        self._clock = clock
+        self._claimed = 0  # windows handed to a reader thread
+        self._taken = 0  # windows handed on in plan order
+        self._results: dict[int, ReadWindow] = {}
+        self.threads = [shared.thread(self._work, f"segearth-read-{n}") for n in range(workers)]
+
+    def _work(self) -> None:
+        handle = self._reader.twin()
+        try:
+            while True:
+                with self._shared.condition:
+                    self._shared.wait_for(
+                        lambda: self._claimed >= len(self._windows) or self._claimed < self._taken + self._ahead)
+                    if self._claimed >= len(self._windows):
+                        return
+                    index = self._claimed
+                    self._claimed += 1
+                window = self._windows[index]
+                with self._clock("read"):
+                    rgb, valid = handle.read(window)
+                    has_valid = bool(valid.any())
+                with self._shared.condition:
+                    self._results[index] = ReadWindow(window, rgb, valid if has_valid else None)
+                    self._shared.condition.notify_all()
+        finally:
+            handle.close()
+
+    def __iter__(self) -> Iterator[ReadWindow]:
+        for index in range(len(self._windows)):
+            with self._shared.condition:
+                self._shared.wait_for(lambda: index in self._results)
+                read = self._results.pop(index)
+                self._taken += 1
+                self._shared.condition.notify_all()
+            yield read
+
+
+def _batches(reads: Iterator[ReadWindow], batch_size: int) -> Iterator[list[ReadWindow]]:
+    """Windows in plan order, cut after every ``batch_size`` with valid pixels.
+
+    A window without a valid pixel that no pending window waits behind goes on alone, so
+    its rows are released without waiting for the next model call.
+    """
+    pending: list[ReadWindow] = []
+    with_pixels = 0
+    for read in reads:
+        pending.append(read)
+        with_pixels += read.valid is not None
+        if with_pixels >= batch_size or with_pixels == 0:
+            yield pending
+            pending, with_pixels = [], 0
+    if pending:
+        yield pending
+
+
+class _Replicas:
+    """One thread per model replica, each taking the oldest batch not yet taken."""
+
+    def __init__(self, replicas: Sequence, questions: Sequence[str], input_size: int, shared: _Shared, clock: Clock):
+        self._questions = list(questions)
+        self._input_size = input_size
+        self._shared = shared
+        self._clock = clock
+        self._queue: deque[_Batch] = deque()
+        self._closed = False
+        self.threads = [shared.thread(lambda r=replica: self._work(r), f"segearth-model-{n}")
+                        for n, replica in enumerate(replicas)]
+
+    def submit(self, batch: _Batch) -> None:
+        """Queue a batch; the caller holds the condition."""
+        self._queue.append(batch)
+
+    def close(self) -> None:
+        """No batch will follow; the caller holds the condition."""
+        self._closed = True
+
+    def _work(self, replica) -> None:
+        while True:
+            with self._shared.condition:
+                self._shared.wait_for(lambda: bool(self._queue) or self._closed)
+                if not self._queue:
+                    return
+                batch = self._queue.popleft()
+            probabilities = None
+            if batch.canvases is not None:
+                with self._clock("model"):
+                    probabilities = window_probabilities(replica, batch.canvases, self._questions, self._input_size)
+            with self._shared.condition:
+                batch.probabilities = probabilities
+                batch.done = True
+                self._shared.condition.notify_all()
+
+
+class _Writer:
+    """Blends finished batches in submission order and hands each finished row block to ``write``."""
+
+    def __init__(self, stitcher: Stitcher, write: Callable[[RowBlock], None], on_window: Optional[WindowCallback],
+                 shared: _Shared, clock: Clock):
+        self._stitcher = stitcher
+        self._write = write
+        self._on_window = on_window
+        self._shared = shared
+        self._clock = clock
+        #: Batches submitted and not yet blended, oldest first.
+        self.in_flight: deque[_Batch] = deque()
+        self.submitted_all = False
+        self.thread = shared.thread(self._work, "segearth-write")
+
+    def _work(self) -> None:
+        while True:
+            with self._shared.condition:
+                self._shared.wait_for(lambda: (bool(self.in_flight) and self.in_flight[0].done)
+                                      or (self.submitted_all and not self.in_flight))
+                if not self.in_flight:
+                    break
+                batch = self.in_flight[0]
+            self._blend(batch)
+            with self._shared.condition:
+                self.in_flight.popleft()
+                self._shared.condition.notify_all()
+        self._emit(self._stitcher.finish())
+
+    def _blend(self, batch: _Batch) -> None:
+        position = 0
+        for read in batch.windows:
+            if read.valid is None:
+                self._emit(self._stitcher.skip(read.window))
+            else:
+                self._emit(self._stitcher.add(read.window, batch.probabilities[position], read.valid))
+                position += 1
+            if self._on_window is not None:
+                self._on_window(read.window, read.valid is not None)
+
+    def _emit(self, blocks: Iterator[RowBlock]) -> None:
+        # One block at a time: a grid row of windows can release hundreds of megabytes of rows.
+        while True:
+            with self._clock("stitch"):
+                block = next(blocks, None)
+            if block is None:
+                return
+            if self._shared.failure is not None:
+                raise _Stopped
+            self._write(block)
+
+
+def run_plan(
+    reader,
+    plan: WindowPlan,
+    segmenter,
+    questions: Sequence[str],
+    write: Callable[[RowBlock], None],
+    *,
+    batch_size: int = 1,
+    workers: Optional[int] = None,
+    on_window: Optional[WindowCallback] = None,
+    clock: Optional[Clock] = None,
+) -> None:
+    """Read, segment and blend every window of ``plan``; ``write`` gets the RowBlocks in row order.
+
+    ``reader`` is a scene reader with ``twin()`` (each reader thread reads through its own
+    twin); ``segmenter`` answers with every replica it has (see :func:`replicas_of`).
+    ``write`` and ``on_window`` are called from the writer thread. ``workers``: reader
+    threads (None: :func:`default_workers`). Returns once every row was written.
+    """
+    clock = clock or (lambda phase: nullcontext())
+    workers = default_workers() if workers is None else int(workers)
+    if workers < 1 or batch_size < 1:
+        raise ValueError(f"workers ({workers}) and batch_size ({batch_size}) must be at least 1")
+    replicas = replicas_of(segmenter)
+    shared = _Shared()
+    stitcher = Stitcher(plan, len(questions))
+    # Enough windows ahead to fill the next batch of every replica while the current ones run.
+    readers = _Readers(reader, plan.windows, workers, workers + batch_size * len(replicas), shared, clock)
+    models = _Replicas(replicas, questions, plan.input_size, shared, clock)
+    writer = _Writer(stitcher, write, on_window, shared, clock)
+    # One batch running and one waiting per replica, and the one being blended.
+    most_in_flight = 2 * len(replicas) + 1
+    threads = [*readers.threads, *models.threads, writer.thread]
+    for thread in threads:
+        thread.start()
+    try:
+        for windows in _batches(iter(readers), batch_size):
+            with_pixels = [read.rgb for read in windows if read.valid is not None]
+            batch = _Batch(windows, np.stack(with_pixels) if with_pixels else None)
+            with shared.condition:
+                shared.wait_for(lambda: len(writer.in_flight) < most_in_flight)
+                writer.in_flight.append(batch)
+                models.submit(batch)
+                shared.condition.notify_all()
+        with shared.condition:
+            writer.submitted_all = True
+            models.close()
+            shared.condition.notify_all()
+        writer.thread.join()
+    except _Stopped:
+        pass
+    except BaseException as exc:  # an interrupt included: every stage must stop before it propagates
+        shared.fail(exc)
+    finally:
+        with shared.condition:
+            models.close()
+            shared.condition.notify_all()
+        for thread in threads:
+            thread.join()
+    if shared.failure is not None:
+        raise shared.failure

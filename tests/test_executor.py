@@ -1,0 +1,206 @@
+"""The pipelined query: same answer for any number of readers or model copies, clean failures.
+
+The stand-in segmenter answers every pixel from its own red value, so the sequential
+reference (``stream_row_blocks``: read, segment, blend one after the other in one thread)
+gives the expected probabilities without threads; the pipelined run must match it bit
+for bit. Failures are injected in a reader, in the model and in the output writer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+
+from segearth_cli import cli
+from segearth_cli import segmenter as segmenter_module
+from segearth_cli.errors import EXIT_FAILURE, EXIT_INPUT, EXIT_OUTPUT, InputError, OutputError
+from segearth_cli.executor import run_plan
+from segearth_cli.outputs.raster import MaskRasterSink
+from segearth_cli.query import OutputTarget, QueryOptions, run_query
+from segearth_cli.scene import SceneReader, open_scene
+from segearth_cli.segmenter import PixelFunctionSegmenter, ReplicatedSegmenter
+from segearth_cli.stitch import stream_row_blocks
+from segearth_cli.windows import plan_windows
+
+INPUT = 64
+WINDOW = 80  # source pixels per window: every window is resampled into the 64 px canvas
+
+
+def smooth_logits(windows: np.ndarray) -> np.ndarray:
+    return (windows[:, 0].astype(np.float32) - 128.0) / 16.0
+
+
+class CountingStandIn(PixelFunctionSegmenter):
+    """The pixel-function stand-in, counting its calls, optionally slow (the GIL released meanwhile)."""
+
+    def __init__(self, delay: float = 0.0, fail_at_call: int | None = None):
+        super().__init__(smooth_logits, input_size=INPUT, name="stand-in")
+        self.delay = delay
+        self.fail_at_call = fail_at_call
+        self.calls = 0
+
+    def segment(self, windows, questions):
+        self.calls += 1
+        if self.fail_at_call is not None and self.calls >= self.fail_at_call:
+            raise RuntimeError("the model broke")
+        time.sleep(self.delay)
+        return super().segment(windows, questions)
+
+
+@pytest.fixture
+def scene(tmp_path):
+    path = tmp_path / "scene.tif"
+    rows, cols = np.mgrid[0:300, 0:420]
+    red = (128 + 100 * np.sin(rows / 23.0) * np.cos(cols / 31.0)).astype(np.uint8)
+    data = np.stack([red, (rows * 3 + cols) % 256, (rows + 2 * cols) % 256]).astype(np.uint8)
+    data[:, 200:, :60] = 0  # a corner of nodata: some windows skip the model entirely
+    with rasterio.open(path, "w", driver="GTiff", width=420, height=300, count=3, dtype="uint8", nodata=0,
+                       crs=CRS.from_epsg(32633), transform=Affine(2, 0, 400000, 0, -2, 5000000),
+                       tiled=True, blockxsize=64, blockysize=64) as dst:
+        dst.write(data)
+    return path
+
+
+def sequential_answer(path, segmenter, questions, batch_size) -> tuple[np.ndarray, np.ndarray]:
+    with open_scene(path) as reader:
+        plan = plan_windows(reader.scene, "tiled", INPUT, window=WINDOW)
+        blocks = list(stream_row_blocks(reader, plan, segmenter, questions, batch_size=batch_size))
+    return np.concatenate([b.probabilities for b in blocks], axis=1), np.concatenate([b.valid for b in blocks])
+
+
+def pipelined_answer(path, segmenter, questions, batch_size, workers) -> tuple[np.ndarray, np.ndarray]:
+    blocks = []
+    with open_scene(path) as reader:
+        plan = plan_windows(reader.scene, "tiled", INPUT, window=WINDOW)
+        assert len(plan) > 12, "the scene needs many windows to keep several readers busy"
+        run_plan(reader, plan, segmenter, questions, blocks.append, batch_size=batch_size, workers=workers)
+    assert [b.row_off for b in blocks] == sorted(b.row_off for b in blocks)
+    return np.concatenate([b.probabilities for b in blocks], axis=1), np.concatenate([b.valid for b in blocks])
+
+
+def pipeline_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("segearth-")]
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_any_number_of_readers_gives_the_sequential_answer(scene, workers):
+    questions = ["one", "two"]
+    expected, expected_valid = sequential_answer(scene, CountingStandIn(), questions, batch_size=3)
+    assert expected_valid.any() and not expected_valid.all()
+    got, got_valid = pipelined_answer(scene, CountingStandIn(), questions, batch_size=3, workers=workers)
+    np.testing.assert_array_equal(got_valid, expected_valid)
+    np.testing.assert_array_equal(got, expected)
+    assert pipeline_threads() == []
+
+
+def test_two_model_copies_share_the_windows_and_give_the_one_copy_answer(scene):
+    expected, expected_valid = sequential_answer(scene, CountingStandIn(), ["q"], batch_size=2)
+    # Unequal speeds: batches finish out of order, yet are blended in plan order.
+    copies = [CountingStandIn(delay=0.02), CountingStandIn(delay=0.001)]
+    got, got_valid = pipelined_answer(scene, ReplicatedSegmenter(copies), ["q"], batch_size=2, workers=2)
+    assert all(copy.calls > 0 for copy in copies)
+    np.testing.assert_array_equal(got_valid, expected_valid)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_query_outputs_do_not_depend_on_workers_or_copies(scene, tmp_path):
+    written = []
+    for name, workers, model in (("a", 1, CountingStandIn()), ("b", 4, CountingStandIn()),
+                                 ("c", 2, ReplicatedSegmenter([CountingStandIn(), CountingStandIn()]))):
+        out = tmp_path / f"{name}.tif"
+        run_query(scene, ["q"], [OutputTarget.for_path(out)], model,
+                  QueryOptions(mode="tiled", window=WINDOW, probabilities=True, workers=workers, batch_size=3))
+        with rasterio.open(out) as ds:
+            written.append(ds.read())
+    np.testing.assert_array_equal(written[0], written[1])
+    np.testing.assert_array_equal(written[0], written[2])
+
+
+def test_workers_below_one_is_a_usage_error(scene, tmp_path):
+    status = cli.run(["query", str(scene), "q", "--model", "tiny-random", "--workers", "0",
+                      "-o", str(tmp_path / "out.tif")])
+    assert status == 2
+    assert not (tmp_path / "out.tif").exists()
+
+
+# -- failures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stand_in_model(monkeypatch):
+    """The command line's model loading replaced by a stand-in the test chooses."""
+    chosen = {}
+
+    def load(*args, **kwargs):
+        return chosen["model"]
+
+    monkeypatch.setattr(segmenter_module, "load_segmenter", load)
+    return chosen
+
+
+def run_cli(scene, out_dir, *extra) -> int:
+    targets = [out_dir / "answer.tif", out_dir / "answer.gpkg"]
+    args = ["query", str(scene), "q", "--mode", "tiled", "--window", str(WINDOW), "--batch-size", "2", *extra]
+    for target in targets:
+        args += ["-o", str(target)]
+    return cli.run(args)
+
+
+def assert_nothing_left(out_dir) -> None:
+    assert sorted(p.name for p in out_dir.iterdir()) == []
+    assert pipeline_threads() == []
+
+
+def test_a_failing_reader_ends_the_query_with_the_input_exit_code(scene, tmp_path, monkeypatch, stand_in_model,
+                                                                   capsys):
+    stand_in_model["model"] = CountingStandIn()
+    original = SceneReader.read
+    reads = []
+
+    def failing_read(self, window):
+        reads.append(window)
+        if len(reads) == 7:
+            raise InputError(f"{scene}: read failed for a test window")
+        return original(self, window)
+
+    monkeypatch.setattr(SceneReader, "read", failing_read)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert run_cli(scene, out, "--workers", "3") == EXIT_INPUT
+    assert "read failed for a test window" in capsys.readouterr().err
+    assert_nothing_left(out)
+
+
+def test_a_failing_model_ends_the_query_with_the_failure_exit_code(scene, tmp_path, stand_in_model, capsys):
+    stand_in_model["model"] = ReplicatedSegmenter([CountingStandIn(fail_at_call=3), CountingStandIn()])
+    out = tmp_path / "out"
+    out.mkdir()
+    assert run_cli(scene, out, "--workers", "2") == EXIT_FAILURE
+    assert "the model broke" in capsys.readouterr().err
+    assert_nothing_left(out)
+
+
+def test_a_failing_writer_ends_the_query_with_the_output_exit_code(scene, tmp_path, monkeypatch, stand_in_model,
+                                                                    capsys):
+    stand_in_model["model"] = CountingStandIn()
+    original = MaskRasterSink.write
+    blocks = []
+
+    def failing_write(self, block):
+        blocks.append(block.row_off)
+        if len(blocks) == 2:
+            raise OutputError("answer.tif: no space left on the device")
+        return original(self, block)
+
+    monkeypatch.setattr(MaskRasterSink, "write", failing_write)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert run_cli(scene, out, "--workers", "4") == EXIT_OUTPUT
+    assert "no space left" in capsys.readouterr().err
+    assert_nothing_left(out)
