@@ -56,9 +56,10 @@ class ReadWindow:
 
 @dataclass
 class _Batch:
-    """Consecutive windows of the plan; ``canvases`` stacks those with valid pixels (None if none)."""
+    """Consecutive windows of the plan with their validity (None: no valid pixel); ``canvases``
+    stacks the canvases of those with valid pixels (None if none)."""
 
-    windows: list[ReadWindow]
+    windows: list[tuple[Window, Optional[np.ndarray]]]
     canvases: Optional[np.ndarray]
     probabilities: Optional[np.ndarray] = None
     done: bool = False
@@ -237,14 +238,14 @@ class _Writer:
 
     def _blend(self, batch: _Batch) -> None:
         position = 0
-        for read in batch.windows:
-            if read.valid is None:
-                self._emit(self._stitcher.skip(read.window))
+        for window, valid in batch.windows:
+            if valid is None:
+                self._emit(self._stitcher.skip(window))
             else:
-                self._emit(self._stitcher.add(read.window, batch.probabilities[position], read.valid))
+                self._emit(self._stitcher.add(window, batch.probabilities[position], valid))
                 position += 1
             if self._on_window is not None:
-                self._on_window(read.window, read.valid is not None)
+                self._on_window(window, valid is not None)
 
     def _emit(self, blocks: Iterator[RowBlock]) -> None:
         # One block at a time: a grid row of windows can release hundreds of megabytes of rows.
@@ -288,15 +289,18 @@ def run_plan(
     readers = _Readers(reader, plan.windows, workers, workers + batch_size * len(replicas), shared, clock)
     models = _Replicas(replicas, questions, plan.input_size, shared, clock)
     writer = _Writer(stitcher, write, on_window, shared, clock)
-    # One batch running and one waiting per replica, and the one being blended.
-    most_in_flight = 2 * len(replicas) + 1
+    # One batch in each replica and the one being blended; the next ones wait as reads, which
+    # are smaller than probabilities and are stacked in no time.
+    most_in_flight = len(replicas) + 1
     threads = [*readers.threads, *models.threads, writer.thread]
     for thread in threads:
         thread.start()
     try:
-        for windows in _batches(iter(readers), batch_size):
-            with_pixels = [read.rgb for read in windows if read.valid is not None]
-            batch = _Batch(windows, np.stack(with_pixels) if with_pixels else None)
+        for reads in _batches(iter(readers), batch_size):
+            with_pixels = [read.rgb for read in reads if read.valid is not None]
+            batch = _Batch([(read.window, read.valid) for read in reads], np.stack(with_pixels) if with_pixels else None)
+            # The stack is the only copy of the canvases from here on.
+            del reads, with_pixels
             with shared.condition:
                 shared.wait_for(lambda: len(writer.in_flight) < most_in_flight)
                 writer.in_flight.append(batch)

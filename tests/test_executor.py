@@ -152,6 +152,23 @@ def run_cli(scene, out_dir, *extra) -> int:
     return cli.run(args)
 
 
+def fail_at_call(monkeypatch, cls, method: str, call: int, error: Exception) -> None:
+    """Make ``cls.method`` raise ``error`` at its ``call``-th call (from any thread), and work otherwise."""
+    original = getattr(cls, method)
+    calls = []
+    lock = threading.Lock()
+
+    def failing(self, *args):
+        with lock:
+            calls.append(None)
+            count = len(calls)
+        if count == call:
+            raise error
+        return original(self, *args)
+
+    monkeypatch.setattr(cls, method, failing)
+
+
 def assert_nothing_left(out_dir) -> None:
     assert sorted(p.name for p in out_dir.iterdir()) == []
     assert pipeline_threads() == []
@@ -160,16 +177,7 @@ def assert_nothing_left(out_dir) -> None:
 def test_a_failing_reader_ends_the_query_with_the_input_exit_code(scene, tmp_path, monkeypatch, stand_in_model,
                                                                    capsys):
     stand_in_model["model"] = CountingStandIn()
-    original = SceneReader.read
-    reads = []
-
-    def failing_read(self, window):
-        reads.append(window)
-        if len(reads) == 7:
-            raise InputError(f"{scene}: read failed for a test window")
-        return original(self, window)
-
-    monkeypatch.setattr(SceneReader, "read", failing_read)
+    fail_at_call(monkeypatch, SceneReader, "read", 7, InputError(f"{scene}: read failed for a test window"))
     out = tmp_path / "out"
     out.mkdir()
     assert run_cli(scene, out, "--workers", "3") == EXIT_INPUT
@@ -189,16 +197,7 @@ def test_a_failing_model_ends_the_query_with_the_failure_exit_code(scene, tmp_pa
 def test_a_failing_writer_ends_the_query_with_the_output_exit_code(scene, tmp_path, monkeypatch, stand_in_model,
                                                                     capsys):
     stand_in_model["model"] = CountingStandIn()
-    original = MaskRasterSink.write
-    blocks = []
-
-    def failing_write(self, block):
-        blocks.append(block.row_off)
-        if len(blocks) == 2:
-            raise OutputError("answer.tif: no space left on the device")
-        return original(self, block)
-
-    monkeypatch.setattr(MaskRasterSink, "write", failing_write)
+    fail_at_call(monkeypatch, MaskRasterSink, "write", 2, OutputError("answer.tif: no space left on the device"))
     out = tmp_path / "out"
     out.mkdir()
     assert run_cli(scene, out, "--workers", "4") == EXIT_OUTPUT
