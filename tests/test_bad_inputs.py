@@ -119,9 +119,12 @@ def assert_refused(code: int, err: str, expected, fragments, before: dict, roots
 
 
 @pytest.fixture(scope="module", autouse=True)
-def torch_already_imported():
-    """Import torch once up front, so a deadline measures a command and not this one-time cost."""
-    import torch  # noqa: F401
+def model_code_imported():
+    """Import the model's code once up front: a deadline then measures a command, not this one-time
+    cost, and cannot fire in the middle of an import (which would leave a half-imported module)."""
+    from segearth_cli.commands.query import load_segmenter
+
+    load_segmenter("tiny-random", revision=None, device="cpu", dtype="auto", task="auto", quiet=True)
 
 
 @pytest.fixture
