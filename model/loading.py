@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import warnings
-from pathlib import Path
 
 import torch
 
@@ -16,26 +14,8 @@ from .errors import CheckpointError
 from .hub import resolve_checkpoint_dir
 from .names import CONFIG_FILE, TINY_RANDOM
 from .prompt import PromptError, special_token_ids
+from .tokenizer import load_tokenizer
 from .weights import check_keys, index_checkpoint, iter_checkpoint_tensors
-
-
-def load_tokenizer(directory: Path):
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as transformers_logging
-
-    # AutoTokenizer also parses config.json, whose released fields (model_type llava_phi,
-    # rope_scaling) transformers warns about; none of that concerns the tokenizer.
-    verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            return AutoTokenizer.from_pretrained(str(directory), use_fast=True)
-    except Exception as exc:  # transformers raises OSError, ValueError, TypeError... for bad files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{directory}: tokenizer files cannot be loaded ({first[:200]})") from exc
-    finally:
-        transformers_logging.set_verbosity(verbosity)
 
 
 def load_pretrained(

@@ -106,13 +106,37 @@ def tokenize_prompt(tokenizer: Any, task: str = "reasoning") -> PromptTokens:
     return PromptTokens(head_ids=_encode(tokenizer, head), tail_ids=_encode(tokenizer, tail))
 
 
+def _encode_as_text(tokenizer: Any, text: str) -> tuple[int, ...]:
+    """``text`` encoded as plain text: a user who types ``[SEG]`` or ``<|endoftext|>`` gets
+    the tokens of those characters, never the control tokens themselves.
+
+    A fast tokenizer's added tokens are matched before its model sees the text, so the
+    text goes through the normaliser, pre-tokeniser and model directly; for ordinary text
+    the ids are the same as ``encode``'s.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return tuple(int(i) for i in tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
+    if backend.normalizer is not None:
+        text = backend.normalizer.normalize_str(text)
+    pieces = backend.pre_tokenizer.pre_tokenize_str(text) if backend.pre_tokenizer is not None else [(text, None)]
+    return tuple(int(token.id) for piece, _ in pieces for token in backend.model.tokenize(piece))
+
+
 def tokenize_question(tokenizer: Any, question: str, seg_token_id: int | None = None) -> tuple[int, ...]:
     """``" " + question`` followed by ``[SEG]``: the span whose hidden states are mean-pooled."""
     if not isinstance(question, str) or not question.strip():
         raise PromptError("empty question")
     if seg_token_id is None:
         seg_token_id = special_token_ids(tokenizer).seg
-    return _encode(tokenizer, " " + question) + (int(seg_token_id),)
+    return _encode_as_text(tokenizer, " " + question) + (int(seg_token_id),)
+
+
+def question_room(config: Any, prompt: PromptTokens) -> int:
+    """Most tokens a question may have (``[SEG]`` included): the language model's context
+    less the prompt head, the image's visual tokens and the prompt tail read before it."""
+    used = len(prompt.head_ids) + config.projector.num_visual_tokens + len(prompt.tail_ids)
+    return config.language.max_position_embeddings - used
 
 
 def tokenize_questions(

@@ -62,12 +62,32 @@ class TerminationHandler:
         raise Terminated(f"terminated by signal {signum}")
 
 
+#: Bytes a temporary's name leaves free for the side files writers add to it (SQLite's
+#: ``-journal`` and ``-wal``, GDAL's ``.aux.xml``).
+_SIDE_FILE_ROOM = 16
+
+
+def name_max(folder: str | os.PathLike) -> int:
+    """The longest file name, in bytes, the file system of ``folder`` allows (255 where it cannot say)."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
 def temp_name_for(target: Path, pid: int | None = None) -> Path:
-    """A hidden sibling of ``target`` that keeps its extension (GDAL picks drivers by it)."""
+    """A hidden sibling of ``target`` that keeps its extension (GDAL picks drivers by it).
+
+    The target's name is shortened inside the temporary's when the whole would not fit
+    the file system's name limit: any legal output name gets a legal temporary.
+    """
 
     token = secrets.token_hex(4)
     pid = os.getpid() if pid is None else pid
-    return target.with_name(f".{target.name}.segearth-{pid}-{token}.tmp{target.suffix}")
+    mark = f".segearth-{pid}-{token}.tmp{target.suffix}"
+    room = name_max(target.parent if target.parent.is_dir() else ".") - _SIDE_FILE_ROOM - len(os.fsencode(mark)) - 1
+    stem = os.fsencode(target.name)[: max(1, room)].decode("utf-8", "ignore") or "o"
+    return target.with_name(f".{stem}{mark}")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -134,9 +154,51 @@ def write_atomically(path: str | os.PathLike, content: bytes | str) -> None:
         raise
 
 
+def write_failure_reason(path: str | os.PathLike, error: BaseException) -> str:
+    """Why writing ``path`` failed, in the operating system's words where it has any.
+
+    GDAL and SQLite report a full disk as a failed write or "database or disk is full";
+    the errno of a small probe write beside ``path`` says what really happened. Call it
+    before the partial file is deleted, while the disk is still as full as the write found it.
+    """
+
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    probe = temp_name_for(Path(path).with_name("probe"))
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(bytes(_PROBE_BYTES))
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as probed:
+        return probed.strerror or str(probed)
+    finally:
+        _remove_quietly(probe)
+    from .errors import first_line
+
+    return first_line(error)
+
+
+#: Enough for a probe write to need a fresh block of any file system.
+_PROBE_BYTES = 64 * 1024
+
+
+def check_name_fits(target: Path, extra_suffixes: Iterable[str] = ()) -> None:
+    """Raise OutputError (exit code 5) when ``target``'s name (or a side file's: ``extra_suffixes``)
+    is longer than its file system allows."""
+
+    folder = target.parent if target.parent.is_dir() else Path(".")
+    limit = name_max(folder)
+    longest = max([len(os.fsencode(target.name + suffix)) for suffix in ("", *extra_suffixes)])
+    if longest > limit:
+        needed = "" if longest == len(os.fsencode(target.name)) else " with the side files it needs"
+        raise OutputError(f"{target}: file name too long ({longest} bytes{needed}; the file system allows {limit})")
+
+
 def check_target_writable(target: Path, overwrite: bool) -> None:
     """Raise OutputError (exit code 5) unless ``target`` can be (over)written."""
 
+    check_name_fits(target)
     if target.is_dir():
         raise OutputError(f"{target}: is a folder, not a file")
     if target.exists() or target.is_symlink():
@@ -259,6 +321,10 @@ def _remove_side_files(temp: Path) -> None:
             _remove_quietly(Path(entry.path))
 
 
+class LockHeld(OutputError):
+    """Another run holds the lock of an output (not a failure to take it)."""
+
+
 class OutputLock:
     """Inter-process lock for one output path, held in ``<path>.lock`` in the same folder.
 
@@ -274,9 +340,12 @@ class OutputLock:
     which fails harmlessly while a waiter has it open.
     """
 
+    #: Added to the output's name to name its lock file.
+    SUFFIX = ".lock"
+
     def __init__(self, path: str | os.PathLike, wait: bool = False):
         self.path = Path(path)
-        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.lock_path = self.path.with_name(self.path.name + self.SUFFIX)
         self.wait = wait
         self._fd: int | None = None
 
@@ -297,10 +366,17 @@ class OutputLock:
                 raise
             if not locked:
                 os.close(fd)
-                raise OutputError(f"{self.path}: another segearth run is writing it (lock {self.lock_path.name})")
+                raise LockHeld(f"{self.path}: another segearth run is writing it (lock {self.lock_path.name})")
             if self._names_the_file(fd):
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
+                try:
+                    os.ftruncate(fd, 0)
+                    os.write(fd, f"{os.getpid()}\n".encode())
+                except OSError as error:
+                    _remove_quietly(self.lock_path)
+                    _unlock_file(fd)
+                    os.close(fd)
+                    raise OutputError(f"{self.path}: cannot create lock {self.lock_path} "
+                                      f"({error.strerror or error})") from None
                 self._fd = fd
                 return self
             _unlock_file(fd)  # the previous holder removed this file after we opened it

@@ -76,7 +76,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 
 from . import __version__
 from .atomic import write_atomically
-from .errors import EXIT_FAILURE, EXIT_OK, InputError, OutputError, SegearthError, UsageError, failure_line
+from .errors import EXIT_FAILURE, EXIT_OK, InputError, OutputError, SegearthError, UsageError, failure_line, first_line
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ RECORD_FORMAT = 1
 #: GeoTIFF tag holding the same ``inputs`` object as the sidecar.
 RECORD_TAG = "SEGEARTH_RECORD"
 #: Query options that cannot change an output, so a rerun with a different value still skips.
-OPTIONS_WITHOUT_EFFECT = frozenset({"batch_size", "overwrite", "workers"})
+OPTIONS_WITHOUT_EFFECT = frozenset({"batch_size", "overwrite", "workers", "max_windows"})
 
 _PARTIAL_HASH_SPAN = 1 << 20
 _GDAL_SIDECARS = (".msk", ".ovr", ".aux.xml")
@@ -124,7 +124,56 @@ def _clean_cell(value: Any, key: str, where: str) -> str:
     text = value.strip()
     if not text:
         raise UsageError(f"{where}: empty '{key}'")
+    if key == "question":
+        from .query import question_problem
+
+        problem = question_problem(text)
+        if problem is not None:
+            raise UsageError(f"{where}: the question {problem}")
     return text
+
+
+class NoJobs(UsageError):
+    """A job file with a header and no rows. The command line treats it as nothing to do
+    (exit 0 with a note): a scheduled run over an empty list has not failed."""
+
+
+def check_job_questions(path: Path | str, jobs: Sequence[Job], check: Callable[[Sequence[str]], None]) -> None:
+    """Run ``check`` (a model's question limits) on every job's question; a UsageError names the file and line."""
+    for job in jobs:
+        try:
+            check([job.question])
+        except UsageError as exc:
+            raise UsageError(f"{path}: line {job.lines[0]}: {exc.message}") from None
+
+
+def check_paths(path: Path | str, jobs: Sequence[Job], report: Optional[Path] = None) -> None:
+    """Refuse, before any work, a run that would write onto a file it reads.
+
+    Every output, its record and lock, and the report are compared (real path, device and
+    inode) with every file the scenes read (VRT sources, overviews, masks, side files) and
+    the job file; ``--overwrite`` changes nothing here. Names too long for the file system,
+    side files included, are refused too, and a report that is also an output.
+    """
+    from .atomic import OutputLock, check_name_fits
+    from .inputs import job_inputs_of
+    from .query import refuse_input_as_output
+
+    inputs = job_inputs_of(dict.fromkeys(job.scene for job in jobs))
+    inputs.add(path)
+    outputs = {}
+    for job in jobs:
+        for output in job.outputs:
+            check_name_fits(output, (RECORD_SUFFIX, OutputLock.SUFFIX))
+            refuse_input_as_output(inputs, output)
+            refuse_input_as_output(inputs, record_path(output), f"the record of {output.name}, ")
+            refuse_input_as_output(inputs, OutputLock(output).lock_path, f"the lock of {output.name}, ")
+            outputs[os.path.realpath(output)] = output
+    if report is not None:
+        refuse_input_as_output(inputs, report, "the --report file, ")
+        taken = outputs.get(os.path.realpath(report))
+        if taken is not None:
+            raise UsageError(f"--report {report}: is also the output of a job; choose another report path")
 
 
 def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -211,7 +260,7 @@ def read_jobs(path: Path | str) -> list[Job]:
             entry["outputs"].append(output)
         entry["lines"].append(line)
     if not jobs:
-        raise UsageError(f"{path}: no jobs (expected rows of scene, question, output)")
+        raise NoJobs(f"{path}: no jobs (expected rows of scene, question, output)")
     return [
         Job(number=index, scene=scene, question=question, outputs=tuple(entry["outputs"]), lines=tuple(entry["lines"]))
         for index, ((scene, question), entry) in enumerate(jobs.items(), start=1)
@@ -320,6 +369,19 @@ def record_path(output: Path) -> Path:
     return output.with_name(output.name + RECORD_SUFFIX)
 
 
+def record_problem(output: Path) -> Optional[str]:
+    """Why the record beside ``output`` cannot be used ("unreadable", "not a segearth record"), or None."""
+    try:
+        data = json.loads(record_path(output).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        return f"is corrupt ({first_line(exc)})"
+    if not isinstance(data, dict) or data.get("segearth_record") != RECORD_FORMAT:
+        return "is not a segearth record of this version"
+    return None
+
+
 def read_record(output: Path) -> Optional[dict[str, Any]]:
     """The record beside ``output``, or None when absent or unreadable (treated as absent)."""
     try:
@@ -424,6 +486,9 @@ class BatchSettings:
     model: Mapping[str, Any]
     force: bool = False
     wait: bool = False
+    #: The model's input side when known before it loads: each scene's window plan is then
+    #: checked (budget, --gsd) before the model is loaded for it.
+    input_size: Optional[int] = None
 
 
 #: Called with each job's result as soon as it is known (report lines stream, so a run that
@@ -440,6 +505,7 @@ def run_batch(
     force: bool = False,
     wait: bool = False,
     on_result: Optional[ResultCallback] = None,
+    input_size: Optional[int] = None,
 ) -> BatchReport:
     """Run every job; never raises for a job's failure (it becomes a ``failed`` result).
 
@@ -455,7 +521,7 @@ def run_batch(
         if on_result is not None:
             on_result(result)
 
-    settings = BatchSettings(options, model, force, wait)
+    settings = BatchSettings(options, model, force, wait, input_size)
     get_segmenter = _LoadOnce(segmenter)
     for scene, scene_jobs in group_by_scene(jobs):
         run_scene_group(scene, scene_jobs, settings, get_segmenter, on_result=emit)
@@ -581,33 +647,35 @@ def _prepare_folders(jobs: list[Job], outcomes: _Outcomes) -> list[Job]:
 
 
 def _lock_outputs(jobs: list[Job], wait: bool, outcomes: _Outcomes) -> dict[Path, Any]:
-    """Lock every output of ``jobs`` in global path order; jobs with a busy output are skipped."""
-    from .atomic import OutputLock
+    """Lock every output of ``jobs`` in global path order; jobs with a busy output are skipped,
+    jobs whose lock cannot be created (a full disk, a name too long) fail."""
+    from .atomic import LockHeld, OutputLock
 
     locks: dict[Path, Any] = {}
-    busy: dict[int, str] = {}
+    refused: dict[int, OutputError] = {}
     for output, job in sorted((output, job) for job in jobs for output in job.outputs):
-        if job.number in busy:
+        if job.number in refused:
             continue
         lock = OutputLock(output, wait=wait)
         try:
             lock.acquire()
         except OutputError as exc:
-            busy[job.number] = exc.message
+            refused[job.number] = exc
             continue
         locks[output] = lock
     for job in jobs:
-        if job.number not in busy:
+        if job.number not in refused:
             continue
         for output in job.outputs:
             lock = locks.pop(output, None)
             if lock is not None:
                 lock.release()
-        if wait:  # waiting cannot time out, so this is a lock that could not be created
-            outcomes.fail(job, OutputError(busy[job.number]))
+        reason = refused[job.number]
+        if isinstance(reason, LockHeld):
+            log.info("job %d: skipped, %s", job.number, reason.message)
+            outcomes.skip(job, f"{REASON_LOCKED}: {reason.message}")
         else:
-            log.info("job %d: skipped, %s", job.number, busy[job.number])
-            outcomes.skip(job, f"{REASON_LOCKED}: {busy[job.number]}")
+            outcomes.fail(job, reason)
     return locks
 
 
@@ -619,6 +687,11 @@ def _refuse_foreign_outputs(jobs: list[Job], settings: BatchSettings, outcomes: 
         foreign = next((o for o in job.outputs if os.path.lexists(o) and read_record(o) is None), None)
         if foreign is None:
             allowed.append(job)
+        elif record_problem(foreign) is not None:
+            outcomes.fail(job, OutputError(
+                f"{foreign}: exists, and its record {record_path(foreign)} {record_problem(foreign)}; "
+                "pass --overwrite to replace both"
+            ))
         else:
             outcomes.fail(job, OutputError(
                 f"{foreign}: exists but was not written by segearth batch (no {RECORD_SUFFIX} record); "
@@ -630,22 +703,21 @@ def _refuse_foreign_outputs(jobs: list[Job], settings: BatchSettings, outcomes: 
 def _compute(scene: Path, jobs: list[Job], inputs: Mapping[int, Any], settings: BatchSettings,
              get_segmenter: Callable[[], Any], outcomes: _Outcomes) -> None:
     try:
-        segmenter = get_segmenter()
-    except Exception as exc:  # noqa: BLE001 - the model cannot answer any job
+        _query(scene, jobs, inputs, settings, get_segmenter, outcomes)
+    except _ModelFailed as failed:  # the model cannot answer any job
         for job in jobs:
-            outcomes.fail(job, exc)
-        return
-    try:
-        _query(scene, jobs, inputs, settings, segmenter, outcomes)
+            outcomes.fail(job, failed.error)
     except Exception as exc:  # noqa: BLE001 - a job's failure must not end the batch
-        if len(jobs) > 1 and not isinstance(exc, InputError):
+        if len(jobs) > 1 and not isinstance(exc, (InputError, UsageError)):
             # Not the scene's fault: one job's output or question may be the cause, so
             # each job gets its own chance instead of failing together.
             log.info("%s: computing its %d jobs one by one after: %s", scene.name, len(jobs), failure_line(exc))
             for job in jobs:
                 started = time.perf_counter()
                 try:
-                    _query(scene, [job], inputs, settings, segmenter, outcomes)
+                    _query(scene, [job], inputs, settings, get_segmenter, outcomes)
+                except _ModelFailed as failed:
+                    outcomes.fail(job, failed.error, time.perf_counter() - started)
                 except Exception as alone:  # noqa: BLE001
                     outcomes.fail(job, alone, time.perf_counter() - started)
             return
@@ -653,10 +725,22 @@ def _compute(scene: Path, jobs: list[Job], inputs: Mapping[int, Any], settings: 
             outcomes.fail(job, exc)
 
 
-def _query(scene: Path, jobs: list[Job], inputs: Mapping[int, Any], settings: BatchSettings, segmenter: Any,
-           outcomes: _Outcomes) -> None:
-    """One run_query for ``jobs``, with their records pending while it runs and complete after."""
-    from .query import OutputTarget, run_query
+class _ModelFailed(Exception):
+    """The segmenter could not be had; ``error`` is why."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _query(scene: Path, jobs: list[Job], inputs: Mapping[int, Any], settings: BatchSettings,
+           get_segmenter: Callable[[], Any], outcomes: _Outcomes) -> None:
+    """One run_query for ``jobs``, with their records pending while it runs and complete after.
+
+    The scene is opened and the request checked before the model is asked for, so a scene
+    that cannot be read or planned costs no model load.
+    """
+    from .query import OutputTarget, run_query, validate_query
 
     started = time.perf_counter()
     # Jobs of one scene have distinct questions (a job *is* a scene and a question).
@@ -665,18 +749,24 @@ def _query(scene: Path, jobs: list[Job], inputs: Mapping[int, Any], settings: Ba
     for index, job in enumerate(jobs):
         tags = {RECORD_TAG: json.dumps(inputs[job.number], sort_keys=True, ensure_ascii=False)}
         targets.extend(OutputTarget.for_path(o, question_indexes=(index,), tags=tags) for o in job.outputs)
-    written: list[Path] = []
-    try:
-        for job in jobs:
-            for output in job.outputs:
-                write_record(output, inputs[job.number], state="pending")
-                written.append(output)
-        run_query(scene, questions, targets, segmenter, dataclasses.replace(settings.options, overwrite=True))
-    except BaseException:
-        for output in written:
-            if not os.path.lexists(output):
-                record_path(output).unlink(missing_ok=True)
-        raise
+    options = dataclasses.replace(settings.options, overwrite=True)
+    with validate_query(scene, questions, targets, options, input_size=settings.input_size) as opened:
+        try:
+            segmenter = get_segmenter()
+        except Exception as exc:  # noqa: BLE001 - reported for every job of the group
+            raise _ModelFailed(exc) from exc
+        written: list[Path] = []
+        try:
+            for job in jobs:
+                for output in job.outputs:
+                    write_record(output, inputs[job.number], state="pending")
+                    written.append(output)
+            run_query(opened, questions, targets, segmenter, options)
+        except BaseException:
+            for output in written:
+                if not os.path.lexists(output):
+                    record_path(output).unlink(missing_ok=True)
+            raise
     seconds = time.perf_counter() - started
     for job in jobs:
         try:

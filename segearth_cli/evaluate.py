@@ -30,6 +30,7 @@ import io
 import json
 import logging
 import math
+import os
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -637,6 +638,26 @@ def evaluate(
             if progress is not None:
                 progress(report.n, total, report.official.giou)
     return report
+
+
+def check_outputs(root: Path, per_sample: Optional[Path], save_predictions: Optional[Path]) -> None:
+    """Refuse, before any work, outputs that cannot be written or that lie inside the data set.
+
+    The data set folder holds only inputs (images, labels, question and annotation files,
+    under names a prediction or a CSV could take), so nothing is ever written inside it.
+    """
+    data = Path(os.path.realpath(root))
+    for option, path in (("--per-sample", per_sample), ("--save-predictions", save_predictions)):
+        if path is None:
+            continue
+        real = Path(os.path.realpath(path))
+        if real == data or data in real.parents:
+            raise UsageError(f"{option} {path}: is inside the data set {root}, which eval never writes into; "
+                             "choose a path outside it")
+    if per_sample is not None and Path(per_sample).is_dir():
+        raise OutputError(f"--per-sample {per_sample}: is a folder, not a file")
+    if save_predictions is not None and Path(save_predictions).exists() and not Path(save_predictions).is_dir():
+        raise OutputError(f"--save-predictions {save_predictions}: is a file, not a folder")
 
 
 PER_SAMPLE_COLUMNS = (

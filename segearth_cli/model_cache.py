@@ -32,10 +32,15 @@ MANIFEST_FOLDER = "segearth-manifests"
 HUB_TIMEOUT = 10.0
 
 
+#: The characters the hub allows in an owner or repository name.
+_REPO_NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
 def check_repo_id(repo: str) -> None:
     parts = repo.split("/")
-    if len(parts) != 2 or not all(parts) or Path(repo).expanduser().is_dir():
-        raise UsageError(f"{repo!r}: expected a hub repo id of the form ORG/NAME")
+    if (len(parts) != 2 or not all(parts) or not set(repo.replace("/", "")) <= _REPO_NAME_CHARACTERS
+            or Path(repo).expanduser().is_dir()):
+        raise UsageError(f"{repo!r}: expected a hub repo id of the form ORG/NAME (letters, digits, '.', '_', '-')")
 
 
 def repo_folder(repo: str, cache_dir: Optional[Path] = None) -> Path:

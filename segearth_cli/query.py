@@ -21,19 +21,22 @@ and hands the opened scene on, so the scene is opened once::
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
+import unicodedata
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Optional, Sequence
 
-from .errors import UsageError, one_line
-from .windows import check_gsd_measurable, check_window_options
+from .errors import UsageError, first_line, one_line
+from .windows import DEFAULT_MAX_WINDOWS, check_gsd_measurable, check_window_options
 
 if TYPE_CHECKING:  # the pipeline's heavy modules are imported when a query runs
+    from .inputs import InputFiles
     from .scene import SceneReader
     from .windows import WindowPlan
 
@@ -76,9 +79,15 @@ class QueryOptions:
     pixel_coordinates: bool = False
     #: Threads reading windows ahead of the model (None: one per core, see executor.default_workers).
     workers: Optional[int] = None
+    #: A plan of more windows than this is refused before any work (see windows.DEFAULT_MAX_WINDOWS).
+    max_windows: int = DEFAULT_MAX_WINDOWS
 
     def check(self) -> None:
         """Raise UsageError for settings no scene could satisfy: the one place they are validated."""
+        for option, value in (("--gsd", self.gsd), ("--overlap", self.overlap), ("--threshold", self.threshold),
+                              ("--min-area", self.min_area), ("--simplify", self.simplify)):
+            if value is not None and not math.isfinite(value):
+                raise UsageError(f"{option} {value}: give a finite number")
         check_window_options(self.mode, self.window, self.gsd, self.overlap)
         if self.bands is not None:
             from .scene import check_band_choice
@@ -92,6 +101,8 @@ class QueryOptions:
             raise UsageError(f"--batch-size {self.batch_size}: must be at least 1")
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"--workers {self.workers}: must be at least 1")
+        if self.max_windows < 1:
+            raise UsageError(f"--max-windows {self.max_windows}: must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -184,21 +195,27 @@ def validate_query(
     questions: Sequence[str],
     targets: Sequence[OutputTarget],
     options: QueryOptions,
+    input_size: Optional[int] = None,
 ) -> OpenedScene:
     """Check everything that can be checked before the model is loaded, and open the scene.
 
     Raises a SegearthError. Pass the returned scene to :func:`run_query` so it is not
     opened twice; the command line checks first so that a typo costs no model load.
+    ``input_size``, the model's input side when known, lets the window plan be checked
+    too (its budget, a ``--gsd`` too fine for the scene).
     """
-    from .scene import open_scene
-
     _check_request(scene_path, questions, targets, options)
+    from .scene import open_scene  # after the checks: a refusal should not wait for GDAL to load
+
     started = time.perf_counter()
     with _recorded_warnings() as caught:
         reader = open_scene(scene_path, bands=options.bands)
     opened = OpenedScene(reader, str(scene_path), time.perf_counter() - started, [str(w.message) for w in caught])
     try:
+        reader.check_ends_readable()
         _check_against_scene(reader.scene, scene_path, targets, options)
+        if input_size is not None:
+            check_plan(opened, input_size, options)
     except BaseException:
         opened.close()
         raise
@@ -235,41 +252,94 @@ def _check_request(
     scene_path: "str | os.PathLike[str]", questions: Sequence[str], targets: Sequence[OutputTarget], options: QueryOptions
 ) -> None:
     """The checks that need neither the scene's contents nor the model."""
+    from .inputs import scene_inputs
+
     options.check()
     _check_questions(questions)
-    _check_targets(scene_path, questions, targets, options.overwrite)
+    inputs = scene_inputs(scene_path)
+    _check_targets(inputs, questions, targets, options.overwrite)
+
+
+def question_problem(question: object) -> Optional[str]:
+    """What makes ``question`` unusable as a question, or None.
+
+    Control characters (NUL, escape sequences, bells, C1 codes) are refused rather than
+    passed on: they are invisible in logs and records, cut text at a NUL in some formats,
+    and no one types them on purpose.
+    """
+    if not isinstance(question, str) or not question.strip():
+        return "is empty"
+    control = next((c for c in question if unicodedata.category(c) == "Cc"), None)
+    if control is not None:
+        return f"contains the control character U+{ord(control):04X}; a question is plain text"
+    return None
 
 
 def _check_questions(questions: Sequence[str]) -> None:
     if not questions:
         raise UsageError("no question given")
-    for question in questions:
-        if not isinstance(question, str) or not question.strip():
+    first_seen: dict[str, int] = {}
+    for number, question in enumerate(questions, start=1):
+        problem = question_problem(question)
+        if problem == "is empty":
             raise UsageError("a question is empty")
+        if problem is not None:
+            raise UsageError(f"question {number} {shown_question(question)} {problem}")
+        earlier = first_seen.setdefault(question.strip(), number)
+        if earlier != number:
+            raise UsageError(f"question {number} {shown_question(question)} repeats question {earlier}; "
+                             "ask each question once")
+
+
+def shown_question(question: str, limit: int = 60) -> str:
+    """The question quoted for a one-line message: escaped, and cut when long."""
+    text = question if len(question) <= limit else question[:limit] + "..."
+    return repr(text)
 
 
 def _check_targets(
-    scene_path: "str | os.PathLike[str]", questions: Sequence[str], targets: Sequence[OutputTarget], overwrite: bool
+    inputs: "InputFiles", questions: Sequence[str], targets: Sequence[OutputTarget], overwrite: bool
 ) -> None:
     if not targets:
         raise UsageError("no output given: add -o OUT (.tif, .gpkg, .geojson or .png)")
-    from .atomic import check_target_writable
+    from .atomic import check_name_fits, check_target_writable
 
-    scene_resolved = Path(scene_path).resolve()
-    seen: set[Path] = set()
+    seen: set[str] = set()
     for target in targets:
-        resolved = target.path.resolve()
+        check_name_fits(target.path)
+        resolved = os.path.realpath(target.path)
         if resolved in seen:
             raise UsageError(f"{target.path}: given twice as an output")
         seen.add(resolved)
-        if resolved == scene_resolved:
-            raise UsageError(f"{target.path}: is the input scene; choose another output path")
+        refuse_input_as_output(inputs, target.path)
         if target.question_indexes is not None:
             bad = [i for i in target.question_indexes if not 0 <= i < len(questions)]
             if bad or not target.question_indexes:
                 raise UsageError(f"{target.path}: question indexes {list(target.question_indexes)} do not fit "
                                  f"{len(questions)} question(s)")
         check_target_writable(target.path, overwrite)
+
+
+def refuse_input_as_output(inputs: "InputFiles", path: "str | os.PathLike[str]", role: str = "") -> None:
+    """UsageError when ``path`` (an output, record, lock or report) is one of the run's inputs."""
+    held = inputs.holding(path)
+    if held is not None:
+        what = "the input scene" if os.path.realpath(held) == os.path.realpath(path) else f"the input {held}"
+        raise UsageError(f"{path}: {role}is {what} (inputs are never overwritten, whatever --overwrite says); "
+                         "choose another path")
+
+
+def check_plan(opened: OpenedScene, input_size: int, options: QueryOptions) -> None:
+    """UsageError when the windows of the scene cannot be planned for a model input of
+    ``input_size``: a plan over ``options.max_windows``, a ``--gsd`` finer than the scene."""
+    _plan(opened.reader.scene, input_size, options)
+
+
+def _plan(scene, input_size: int, options: QueryOptions) -> "WindowPlan":
+    from .windows import plan_windows
+
+    return plan_windows(scene, options.mode, input_size, options.window, options.gsd, options.overlap,
+                        max_windows=options.max_windows)
 
 
 def _check_against_scene(scene, scene_path, targets: Sequence[OutputTarget], options: QueryOptions) -> None:
@@ -310,8 +380,6 @@ def _recorded_warnings() -> Iterator[list[warnings.WarningMessage]]:
 def _run(opened: OpenedScene, questions: list[str], targets: list[OutputTarget], segmenter,
          options: QueryOptions, progress: Optional[ProgressCallback]) -> QueryReport:
     """The query on a checked, open scene: plan, stream every window into every output, commit."""
-    from .windows import plan_windows
-
     # The open belongs to the query even when it happened before the model was loaded.
     started = time.perf_counter() - opened.seconds
     clock = _Clock()
@@ -319,9 +387,13 @@ def _run(opened: OpenedScene, questions: list[str], targets: list[OutputTarget],
     _remove_stale_temps(targets)
     scene = opened.reader.scene
     notes = [] if scene.georeferenced else [f"{opened.label}: has no georeferencing; outputs are in pixel coordinates"]
+    vectors = [t for t in targets if t.kind in VECTOR_KINDS]
+    if vectors and scene.georeferenced and scene.crs is None:
+        notes.append(f"{opened.label}: has a geotransform but no coordinate reference system; the polygons of "
+                     f"{vectors[0].path} are in its grid units, which no GIS can place on a map")
     with _recorded_warnings() as caught:
         with clock("plan"):
-            plan = plan_windows(scene, options.mode, segmenter.input_size, options.window, options.gsd, options.overlap)
+            plan = _plan(scene, segmenter.input_size, options)
         log.info("%s: %d x %d px, %s (%d window%s)", scene.name, scene.width, scene.height, plan.reason,
                  len(plan), "" if len(plan) == 1 else "s")
         counter = _WindowCounter(len(plan), progress)
@@ -368,12 +440,43 @@ def _write_outputs(reader: "SceneReader", plan: "WindowPlan", questions: list[st
             _stream(reader, plan, questions, segmenter, options, sinks, clock, counter)
             with clock("finish"):
                 sinks.close()
+        except Exception as exc:
+            failure = _write_failure(exc, targets, atomic)
+            sinks.abort()
+            if failure is exc:
+                raise
+            raise failure from None
         except BaseException:
             sinks.abort()
             raise
         commit_started = time.perf_counter()
     clock.add("commit", time.perf_counter() - commit_started)
     return sinks
+
+
+def _write_failure(exc: Exception, targets: Sequence[OutputTarget], atomic) -> Exception:
+    """The error to report for a failure while writing: named after the user's target, never
+    the hidden temporary, with the operating system's reason (a full disk above all).
+
+    Called before the temporaries are deleted, so a probe finds the disk as full as the
+    failed write did. Errors of the input or the model pass through unchanged.
+    """
+    from .atomic import write_failure_reason
+    from .errors import InputError, ModelUnavailableError, OutputError, SegearthError, UsageError
+
+    if isinstance(exc, (InputError, ModelUnavailableError, UsageError)):
+        return exc
+    renamed = str(exc)
+    for target in targets:
+        temp = atomic.temp_path(target.path)
+        renamed = renamed.replace(str(temp), str(target.path)).replace(temp.name, target.path.name)
+    for target in targets:
+        reason = write_failure_reason(atomic.temp_path(target.path), exc)
+        if isinstance(exc, OSError) or reason != first_line(exc):
+            return OutputError(f"{target.path}: cannot be written ({reason})")
+    if isinstance(exc, SegearthError):
+        return OutputError(renamed) if isinstance(exc, OutputError) else exc
+    return exc
 
 
 def _stream(reader: "SceneReader", plan: "WindowPlan", questions: list[str], segmenter, options: QueryOptions,

@@ -185,6 +185,12 @@ class SceneReader:
             nodata=nodata, validity=self._bands.validity,
         )
 
+    def check_ends_readable(self) -> None:
+        """Read the first and the last block of the file: InputError for a truncated or corrupt
+        file. Opening reads only the header; a caller about to spend minutes on the model
+        learns here, for the cost of two blocks, that the pixels are not all there."""
+        _check_ends_readable(self._file, self._fail)
+
     # -- reading -----------------------------------------------------------------------
 
     def _to_rgb(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -399,6 +405,19 @@ def _open_file(path: Path, fail: Fail):
         hint = f"; open one of its subdatasets, e.g. {subsets[0]}" if subsets else ""
         raise fail(f"has no raster bands{hint}")
     return src
+
+
+def _check_ends_readable(src, fail: Fail) -> None:
+    block_height, block_width = src.block_shapes[0] if src.block_shapes else (src.height, src.width)
+    last_col = ((src.width - 1) // block_width) * block_width
+    last_row = ((src.height - 1) // block_height) * block_height
+    for col, row in dict.fromkeys([(0, 0), (last_col, last_row)]):
+        window = RioWindow(col, row, min(block_width, src.width - col), min(block_height, src.height - row))
+        try:
+            src.read(1, window=window)
+        except _READ_ERRORS as exc:
+            raise fail(f"truncated or corrupt: the block at column {col}, row {row} cannot be read "
+                       f"({first_line(exc)})") from None
 
 
 def _georeference(src, resampling: Resampling, fail: Fail):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence, runtime_checkable
 
@@ -246,6 +247,53 @@ def compute_dtype(device: str, dtype: str, *, official_numerics: bool = False) -
     except ValueError as exc:
         raise UsageError(f"--device {device} --dtype {dtype}: {exc}") from None
     return str(resolved).replace("torch.", "")
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What a model accepts, known from its configuration and tokenizer alone: no weights, no torch."""
+
+    #: Side of the square model input, in pixels.
+    input_size: int
+    #: Most tokens a question may have after the prompt, the image and the tail.
+    question_room: int
+    #: Tokens of a question as the model will read them.
+    count_tokens: Callable[[str], int]
+
+    def check_questions(self, questions: Sequence[str]) -> None:
+        """UsageError naming the first question longer than the model's context."""
+        for number, question in enumerate(questions, start=1):
+            tokens = self.count_tokens(question)
+            if tokens > self.question_room:
+                shown = question if len(question) <= 40 else question[:40] + "..."
+                raise UsageError(f"question {number} {shown!r} is {tokens:,} tokens long; the model reads at most "
+                                 f"{self.question_room:,} (shorten the question)")
+
+
+def model_limits(model: str, revision: Optional[str] = None, task: str = "auto") -> ModelLimits:
+    """The :class:`ModelLimits` of ``model``; a hub model is fetched as loading would (exit 4 if it cannot be)."""
+    from segearth_model.config import SegEarthR1Config
+    from segearth_model.prompt import question_room, special_token_ids, tokenize_prompt, tokenize_question
+
+    from segearth_model import ModelLoadError
+
+    try:
+        if model == TINY_RANDOM:
+            from segearth_model.tokenizer import build_tiny_tokenizer
+
+            config, tokenizer = SegEarthR1Config.tiny(), build_tiny_tokenizer()
+        else:
+            from segearth_model.checkpoint_config import read_checkpoint_config
+            from segearth_model.hub import resolve_checkpoint_dir
+            from segearth_model.tokenizer import load_tokenizer
+
+            directory = resolve_checkpoint_dir(model, revision)
+            config, tokenizer = read_checkpoint_config(directory), load_tokenizer(directory)
+        seg = special_token_ids(tokenizer).seg
+    except (ModelLoadError, ValueError) as exc:
+        raise ModelUnavailableError(str(exc)) from exc
+    room = question_room(config, tokenize_prompt(tokenizer, resolve_task(task, model)))
+    return ModelLimits(int(config.image_size), room, lambda question: len(tokenize_question(tokenizer, question, seg)))
 
 
 def _folder_fingerprint(folder: Path) -> str:

@@ -52,6 +52,12 @@ DEFAULT_OVERLAP = 0.125
 MIN_WINDOW = 16
 
 MODES = ("auto", "whole", "tiled")
+#: Plans of more windows are refused unless the user raises the budget (``--max-windows``).
+#: 20,000 native 1024 px windows cover about 21 gigapixels, a 145,000 px square: more than
+#: any single satellite or aerial scene. Each window costs a model pass (about 0.1 s on a
+#: GPU, seconds on a CPU), so 20,000 is already half an hour to a day of work; a plan beyond
+#: it comes from an overlap near 1 or a window far smaller than the model input, not from data.
+DEFAULT_MAX_WINDOWS = 20_000
 
 
 @dataclass(frozen=True)
@@ -138,13 +144,15 @@ def plan_windows(
     window: Optional[int] = None,
     gsd: Optional[float] = None,
     overlap: Optional[float] = None,
+    max_windows: Optional[int] = None,
 ) -> WindowPlan:
     """Cut ``scene`` into model inputs of ``input_size`` x ``input_size``.
 
     ``window``: tiled footprint in source pixels; ``gsd``: metres per model pixel, which
     sets the footprint from the scene's pixel size instead; ``overlap``: fraction of the
     footprint shared with each neighbour (default :data:`DEFAULT_OVERLAP`). See the module
-    docstring for the modes and the ``auto`` rule.
+    docstring for the modes and the ``auto`` rule. A tiled plan of more than
+    ``max_windows`` windows raises UsageError naming the count and the options behind it.
     """
     check_window_options(mode, window, gsd, overlap)
     if input_size < 1:
@@ -165,7 +173,25 @@ def plan_windows(
     footprint, why = _footprint(scene, input_size, window, gsd)
     fraction = DEFAULT_OVERLAP if overlap is None else overlap
     overlap_px = min(int(round(footprint * fraction)), footprint - 1)
+    if max_windows is not None:
+        _check_budget(width, height, footprint, overlap_px, max_windows, window, gsd, overlap)
     return _plan_tiled(width, height, input_size, footprint, overlap_px, why)
+
+
+def _check_budget(width: int, height: int, footprint: int, overlap_px: int, max_windows: int,
+                  window: Optional[int], gsd: Optional[float], overlap: Optional[float]) -> None:
+    stride = footprint - overlap_px
+    count = len(_axis_positions(width, footprint, stride)) * len(_axis_positions(height, footprint, stride))
+    if count <= max_windows:
+        return
+    given = [f"--window {window}" if window is not None else "", f"--gsd {gsd:g}" if gsd is not None else "",
+             f"--overlap {overlap:g}" if overlap is not None else ""]
+    settings = " ".join(g for g in given if g) or "the default window"
+    raise UsageError(
+        f"{settings} cuts the {width} x {height} px scene into {count:,} windows, more than the budget of "
+        f"{max_windows:,}: use a larger --window or --gsd or a smaller --overlap, or pass --max-windows {count} "
+        "to run it anyway"
+    )
 
 
 def check_window_options(

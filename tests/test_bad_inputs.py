@@ -122,7 +122,7 @@ def assert_refused(code: int, err: str, expected, fragments, before: dict, roots
 def model_code_imported():
     """Import the model's code once up front: a deadline then measures a command, not this one-time
     cost, and cannot fire in the middle of an import (which would leave a half-imported module)."""
-    from segearth_cli.commands.query import load_segmenter
+    from segearth_cli.segmenter import load_segmenter
 
     load_segmenter("tiny-random", revision=None, device="cpu", dtype="auto", task="auto", quiet=True)
 

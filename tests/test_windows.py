@@ -137,3 +137,21 @@ def test_impossible_requests_are_usage_errors(kwargs, needle):
 def test_gsd_without_a_crs_is_refused():
     with pytest.raises(UsageError, match="coordinate reference system"):
         plan_windows(fake_scene(4000, 4000, crs=None), mode="tiled", input_size=1024, gsd=1.0)
+
+
+def test_a_plan_over_the_window_budget_is_refused_naming_the_count_and_options():
+    scene = fake_scene(512, 512)
+    # 16 px windows sharing 15 px: a stride of 1 px, 497 windows a side.
+    with pytest.raises(UsageError) as refused:
+        plan_windows(scene, mode="tiled", input_size=256, window=16, overlap=0.99, max_windows=20_000)
+    message = refused.value.message
+    assert "247,009 windows" in message and "--window 16" in message and "--overlap 0.99" in message
+    assert "--max-windows 247009" in message
+
+
+def test_a_raised_window_budget_lets_the_same_plan_run():
+    scene = fake_scene(64, 64)
+    plan = plan_windows(scene, mode="tiled", input_size=256, window=16, overlap=0.5, max_windows=49)
+    assert len(plan) == 49  # stride 8: offsets 0, 8, ..., 48 on each axis
+    with pytest.raises(UsageError, match="49 windows"):
+        plan_windows(scene, mode="tiled", input_size=256, window=16, overlap=0.5, max_windows=48)

@@ -15,6 +15,7 @@ from typing import Annotated, Optional, TextIO
 import typer
 
 from ..errors import OutputError
+from ..windows import DEFAULT_MAX_WINDOWS
 from . import options as opt
 
 log = logging.getLogger("segearth_cli.batch")
@@ -75,6 +76,7 @@ def batch_command(
     window: opt.WindowSize = None,
     gsd: opt.Gsd = None,
     overlap: opt.Overlap = None,
+    max_windows: opt.MaxWindows = DEFAULT_MAX_WINDOWS,
     bands: opt.Bands = None,
     threshold: opt.Threshold = 0.5,
     min_area: opt.MinArea = 0.0,
@@ -99,14 +101,23 @@ def batch_command(
     debug: opt.Debug = False,  # noqa: ARG001 - read by cli.main before parsing, listed here for --help
 ) -> None:
     """Run every job of JOBS with one model load; the text users see is BATCH_HELP."""
-    from ..batch import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, read_jobs, run_batch
-    from ..segmenter import check_device_and_dtype, compute_dtype, load_segmenter, model_identity, pinned_revision, resolve_task
+    from ..batch import (STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, NoJobs, check_job_questions, check_paths,
+                         read_jobs, run_batch)
+    from ..segmenter import (check_device_and_dtype, compute_dtype, load_segmenter, model_identity, model_limits,
+                             pinned_revision, resolve_task)
 
-    options = opt.query_options(locals())
     check_device_and_dtype(device, dtype)
-    job_list = read_jobs(jobs)
+    options = opt.query_options(locals())
+    try:
+        job_list = read_jobs(jobs)
+    except NoJobs as empty:
+        log.info("%s: nothing to do", empty.message)
+        raise typer.Exit(0) from None
     options.check()
     task = resolve_task(task, model)
+    check_paths(jobs, job_list, report)
+    limits = model_limits(model, revision, task)
+    check_job_questions(jobs, job_list, limits.check_questions)
     identity = model_identity(model, revision, dtype=compute_dtype(device, dtype), task=task)
     # Load the very commit the records name, even if "main" moves while this run is going.
     load_revision = pinned_revision(model, revision, identity)
@@ -130,7 +141,8 @@ def batch_command(
                   f"({detail})", file=sys.stderr)
 
     try:
-        outcome = run_batch(job_list, load, options, model=identity, force=force, wait=wait, on_result=on_result)
+        outcome = run_batch(job_list, load, options, model=identity, force=force, wait=wait, on_result=on_result,
+                            input_size=limits.input_size)
     finally:
         writer.close()
 

@@ -67,15 +67,17 @@ def eval_command(
     debug: opt.Debug = False,  # noqa: ARG001 - read by cli.main before parsing, listed here for --help
 ) -> None:
     """Score a model on a benchmark split with the paper's protocol, and on original-size masks."""
-    from .. import evaluate as ev
     from ..segmenter import check_device_and_dtype
 
     check_device_and_dtype(device, dtype)
+    from .. import evaluate as ev
+
     dataset_name = dataset.value
     split_name = split.value
     # Read and check the whole layout first: a misplaced file should fail in a second, not
     # after the model has loaded.
     samples = ev.read_dataset(data_root, dataset_name, split_name)
+    ev.check_outputs(data_root, per_sample, save_predictions)
     model_name = model or ev.DATASET_MODEL[dataset_name]
     if not quiet:
         log.info("%s %s: %d samples%s", dataset_name, split_name, len(samples),

@@ -137,6 +137,14 @@ Overlap = Annotated[
         help="Tiled mode: fraction of the window shared with each neighbour.", rich_help_panel=_WINDOW_PANEL,
     ),
 ]
+MaxWindows = Annotated[
+    int,
+    typer.Option(
+        "--max-windows", metavar="N",
+        help="Refuse (exit 2) a plan of more windows than this, before any work; raise it to run a larger plan.",
+        rich_help_panel=_WINDOW_PANEL,
+    ),
+]
 Bands = Annotated[
     Optional[str],
     typer.Option(

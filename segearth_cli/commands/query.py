@@ -6,11 +6,11 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from ..windows import DEFAULT_MAX_WINDOWS
 from . import options as opt
 from .progress import StderrProgress
 
@@ -18,7 +18,7 @@ log = logging.getLogger("segearth_cli.query")
 
 
 def query_command(
-    scene: Annotated[Path, typer.Argument(metavar="SCENE", help="A raster GDAL can read (GeoTIFF, COG, VRT, ...).",
+    scene: Annotated[str, typer.Argument(metavar="SCENE", help="A raster GDAL can read (GeoTIFF, COG, VRT, ...).",
                                           show_default=False)],
     question: Annotated[str, typer.Argument(metavar="QUESTION", help="What to find, in plain words.",
                                             show_default=False)],
@@ -39,6 +39,7 @@ def query_command(
     window: opt.WindowSize = None,
     gsd: opt.Gsd = None,
     overlap: opt.Overlap = None,
+    max_windows: opt.MaxWindows = DEFAULT_MAX_WINDOWS,
     bands: opt.Bands = None,
     threshold: opt.Threshold = 0.5,
     min_area: opt.MinArea = 0.0,
@@ -51,15 +52,21 @@ def query_command(
     quiet: opt.Quiet = False,
     debug: opt.Debug = False,  # noqa: ARG001 - read by cli.main before parsing, listed here for --help
 ) -> None:
-    from ..query import OutputTarget, run_query, validate_query
-    from ..segmenter import check_device_and_dtype, load_segmenter
+    from ..query import OutputTarget, check_plan, run_query, validate_query
+    from ..segmenter import check_device_and_dtype, load_segmenter, model_limits, resolve_task
 
-    options = opt.query_options(locals())
+    if "\0" in scene:  # no file name can hold one; said as the argument, like a bad -o path
+        raise typer.BadParameter("a file name cannot contain a NUL byte", param_hint="'SCENE'")
     check_device_and_dtype(device, dtype)
+    resolve_task(task, model)
+    options = opt.query_options(locals())
     started = time.perf_counter()
     questions = [question, *(more_questions or [])]
     targets = [OutputTarget.for_path(path) for path in output]
     with validate_query(scene, questions, targets, options) as opened:
+        limits = model_limits(model, revision, task)
+        limits.check_questions(questions)
+        check_plan(opened, limits.input_size, options)
         load_started = time.perf_counter()
         segmenter = load_segmenter(model, revision=revision, device=device, dtype=dtype, task=task, quiet=quiet)
         load_seconds = time.perf_counter() - load_started

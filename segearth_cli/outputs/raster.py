@@ -39,6 +39,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 
 from .. import __version__
+from ..atomic import write_failure_reason
 from ..errors import OutputError, first_line
 
 NODATA = 255
@@ -175,7 +176,7 @@ class MaskRasterSink:
                 bands = masks if self.cog else [count + band for band in masks]
                 self._probability_dst.write(tiles.probabilities[:, : tiles.fill], indexes=bands, window=window)
         except rasterio.errors.RasterioError as error:  # disk full, file system gone
-            raise OutputError(f"{self.path}: cannot be written ({first_line(error)})") from None
+            raise OutputError(f"{self.path}: cannot be written ({write_failure_reason(self.path, error)})") from None
         tiles.advance()
 
     def close(self) -> None:
@@ -190,9 +191,11 @@ class MaskRasterSink:
                 xml = _vrt_xml(self.width, self.height, self._georef, self.dataset_tags, self._staging.sources(),
                                self._answered)
                 self._staging.write_cog(xml, overview_factors(self.width, self.height))
-        except rasterio.errors.RasterioError as error:
+            _read_back(self.path)
+        except (rasterio.errors.RasterioError, OSError) as error:
+            reason = write_failure_reason(self.path, error)
             self.abort()
-            raise OutputError(f"{self.path}: cannot be written ({first_line(error)})") from None
+            raise OutputError(f"{self.path}: cannot be written ({reason})") from None
         except BaseException:
             self.abort()
             raise
@@ -218,6 +221,18 @@ class MaskRasterSink:
         except OSError:
             pass
         self.closed = True
+
+
+def _read_back(path: Path) -> None:
+    """Read every block of the file just closed: GDAL reports a write that failed while
+    flushing its cache (a full disk) only as a log line, and closing a dataset never fails,
+    so a truncated file is caught here, before it can be renamed onto its target."""
+
+    with rasterio.Env(GDAL_PAM_ENABLED="NO"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as written:
+            for _, window in written.block_windows(1):
+                written.read(window=window)
 
 
 class _TileRows:
