@@ -1,8 +1,8 @@
 """SegEarth-R1 in plain PyTorch.
 
 Importing the package is cheap: the network, the loader and transformers are imported
-on first use of the names below. :mod:`.names`, :mod:`.errors`, :mod:`.precision` and
-:mod:`.hub` never import torch.
+on first use of the names below. :mod:`.names`, :mod:`.errors`, :mod:`.precision`,
+:mod:`.hub` and :mod:`.tokenizer` never import torch.
 """
 
 from __future__ import annotations
