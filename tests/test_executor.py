@@ -140,7 +140,12 @@ def stand_in_model(monkeypatch):
     def load(*args, **kwargs):
         return chosen["model"]
 
+    def limits(*args, **kwargs):
+        # The up-front checks read the stand-in's input size; its questions fit any context.
+        return segmenter_module.ModelLimits(chosen["model"].input_size, 10_000, len)
+
     monkeypatch.setattr(segmenter_module, "load_segmenter", load)
+    monkeypatch.setattr(segmenter_module, "model_limits", limits)
     return chosen
 
 
