@@ -12,6 +12,7 @@ from .config import SegEarthR1Config
 from .errors import CheckpointError
 from .segearth_r1 import SegEarthR1
 from .state_dict import FUSED_QKV, convert_checkpoint_state_dict, to_release_state_dict
+from .weights import cast_weight
 
 
 @contextmanager
@@ -58,10 +59,7 @@ def _prepare(
     if not tensor.is_floating_point():
         out = tensor.to(device=device, dtype=module_dtype)
     else:
-        if official_numerics:
-            # The official loader read the bf16 file as float16 before computing in float32.
-            tensor = tensor.to(torch.float16)
-        out = tensor.to(device=device, dtype=dtype)
+        out = cast_weight(tensor, device, dtype, official_numerics)
     # .to() hands back its input when nothing changes; a borrowed input is memory we do not own.
     if borrowed and out.data_ptr() == tensor.data_ptr() and out.device == tensor.device:
         return out.clone()

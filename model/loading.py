@@ -4,18 +4,59 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import queue
+import threading
+from typing import Iterable, Iterator
 
 import torch
 
-from .build import build_empty_model, materialize, release_layout_shapes
 from .checkpoint_config import read_checkpoint_config
 from .device import resolve_device, resolve_dtype
 from .errors import CheckpointError
 from .hub import resolve_checkpoint_dir
 from .names import CONFIG_FILE, TINY_RANDOM
 from .prompt import PromptError, special_token_ids
+from .prompt_cache import weights_fingerprint
 from .tokenizer import load_tokenizer
-from .weights import check_keys, index_checkpoint, iter_checkpoint_tensors
+from .weights import check_keys, index_checkpoint, iter_checkpoint_tensors, owned_tensors
+
+_END = object()
+
+
+class _ReadAhead:
+    """Runs an iterator in a thread of its own and hands its items over in order.
+
+    Reading and casting the weights is torch's work, done with the GIL released, while
+    importing transformers and loading the tokenizer hold it: run side by side on two
+    cores they overlap instead of adding up.
+    """
+
+    def __init__(self, items: Iterable):
+        self._items: queue.SimpleQueue = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, args=(items,), name="segearth-weights", daemon=True)
+        self._thread.start()
+
+    def _produce(self, items: Iterable) -> None:
+        try:
+            for item in items:
+                if self._stop.is_set():
+                    return
+                self._items.put(item)
+        except BaseException as exc:  # handed to the consumer, raised in its thread
+            self._items.put(exc)
+            return
+        self._items.put(_END)
+
+    def __iter__(self) -> Iterator:
+        while (item := self._items.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def load_pretrained(
@@ -41,6 +82,22 @@ def load_pretrained(
     directory = resolve_checkpoint_dir(name_or_path, revision)
     config = read_checkpoint_config(directory)
     name, entries = index_checkpoint(directory)
+    weights = _ReadAhead(owned_tensors(iter_checkpoint_tensors(entries), resolved_device, resolved_dtype, official_numerics))
+    try:
+        model, tokenizer = _build_and_fill(directory, config, name, entries, weights, resolved_device, resolved_dtype)
+    finally:
+        weights.close()
+    model.official_numerics = official_numerics
+    model.name_or_path = str(name_or_path)
+    model.weights_fingerprint = weights_fingerprint([directory / CONFIG_FILE, *sorted({e.path for e in entries.values()})])
+    return model, tokenizer
+
+
+def _build_and_fill(directory, config, name, entries, weights: _ReadAhead, device: torch.device, dtype: torch.dtype):
+    # Imported here, not at the top: the network imports transformers, which takes seconds
+    # that the weights' read-ahead thread overlaps.
+    from .build import build_empty_model, materialize, release_layout_shapes
+
     tokenizer = load_tokenizer(directory)
     try:
         special = special_token_ids(tokenizer)
@@ -57,15 +114,7 @@ def load_pretrained(
     except ValueError as exc:
         raise CheckpointError(f"{directory / CONFIG_FILE}: inconsistent architecture ({exc})") from exc
     check_keys(name, entries, release_layout_shapes(model, config))
-    model = materialize(
-        model,
-        config,
-        iter_checkpoint_tensors(entries),
-        device=resolved_device,
-        dtype=resolved_dtype,
-        official_numerics=official_numerics,
-        source=str(name),
-        borrowed=True,
-    )
-    model.name_or_path = str(name_or_path)
+    # The read-ahead already rounded (official numerics) and cast every weight into memory
+    # of our own; materialize only adopts them.
+    model = materialize(model, config, iter(weights), device=device, dtype=dtype, source=str(name))
     return model, tokenizer

@@ -1,7 +1,8 @@
 """Windows + questions -> mask logits, with everything shareable computed once.
 
 Per call: the image encoder, projector and pixel decoder run once per window; the prompt
-text before the image runs once per predictor (it never changes); the prompt up to the
+text before the image runs once per predictor (it never changes), or is read from a
+:class:`.prompt_cache.PromptHeadCache` that earlier runs filled; the prompt up to the
 question runs once per window, in the same pass as the first question; the other questions
 of all windows then run together. ``predict_pairs`` asks one question per window instead, all
 windows in one pass.
@@ -16,6 +17,7 @@ import torch
 from .language import PrefixState
 from .preprocess import normalize
 from .prompt import PromptTokens, check_task, special_token_ids, tokenize_prompt, tokenize_questions
+from .prompt_cache import PromptHeadCache
 from .segearth_r1 import SegEarthR1
 
 
@@ -24,7 +26,7 @@ class MaskPredictor:
 
     ``task`` picks the instruction the questions are asked under: ``"reasoning"``
     (EarthReason-style questions) or ``"referring"`` (short referring expressions, as in
-    RRSIS-D and RefSegRS).
+    RRSIS-D and RefSegRS). ``head_cache`` keeps the shared prompt head between runs.
     """
 
     def __init__(
@@ -35,6 +37,7 @@ class MaskPredictor:
         *,
         name: str | None = None,
         max_rows: int = 16,
+        head_cache: PromptHeadCache | None = None,
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -53,6 +56,7 @@ class MaskPredictor:
                 f"{config.pad_token_id}/{config.seg_token_id}"
             )
         self.prompt: PromptTokens = tokenize_prompt(tokenizer, self.task)
+        self.head_cache = head_cache
         self._head: PrefixState | None = None
         self._head_key: tuple | None = None
 
@@ -71,9 +75,19 @@ class MaskPredictor:
     def _prompt_head(self) -> PrefixState:
         key = (self.device, self.dtype, self.model.official_numerics)
         if self._head is None or self._head_key != key:
-            self._head = self.model.encode_prompt_head(self.prompt)
+            self._head = self._stored_or_computed_head()
             self._head_key = key
         return self._head
+
+    def _stored_or_computed_head(self) -> PrefixState:
+        if self.head_cache is None:
+            return self.model.encode_prompt_head(self.prompt)
+        described = self.head_cache.describe(self.prompt.head_ids, self.device, self.dtype, self.model.official_numerics)
+        head = self.head_cache.load(described, self.device)
+        if head is None or len(head.keys) != self.model.config.language.num_hidden_layers:
+            head = self.model.encode_prompt_head(self.prompt)
+            self.head_cache.store(described, head)
+        return head
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """RGB 0..255 (B, 3, S, S) -> the model's normalised input in the model's dtype and device."""

@@ -88,6 +88,8 @@ class SegEarthR1(nn.Module):
         self.pixel_decoder = MSDeformAttnPixelDecoder(config.pixel_decoder, config.swin.stage_channels)
         self.predictor = MaskDecoder(config.mask_decoder, config.pixel_decoder.mask_dim)
         self.name_or_path = "segearth-r1"
+        # Names the weights for caches of derived values (the prompt head); None: do not cache.
+        self.weights_fingerprint: str | None = None
         # True only for tiny-random, whose answers mean nothing.
         self.is_placeholder = False
 

@@ -15,6 +15,7 @@ from torch import nn
 from .build import build_empty_model, materialize
 from .config import SegEarthR1Config
 from .names import PLACEHOLDER_NOTICE, TINY_RANDOM
+from .prompt_cache import source_fingerprint
 from .state_dict import to_release_state_dict
 from .tokenizer import build_tiny_tokenizer
 
@@ -78,6 +79,8 @@ def build_tiny_random(
         model, config, state, device=torch.device(device), dtype=dtype, official_numerics=official_numerics, source=TINY_RANDOM
     )
     model.name_or_path = TINY_RANDOM
+    # The weights are a function of this package's code, seeds included.
+    model.weights_fingerprint = f"{TINY_RANDOM}:{source_fingerprint()}"
     model.is_placeholder = True
     model.placeholder_notice = PLACEHOLDER_NOTICE
     return model, tokenizer

@@ -153,6 +153,30 @@ def check_keys(name: Path, entries: Mapping[str, TensorEntry], expected: Mapping
         raise CheckpointError(f"{name}: missing key {missing[0]}{more}")
 
 
+def cast_weight(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype, official_numerics: bool) -> torch.Tensor:
+    """A floating-point checkpoint tensor in the compute ``dtype`` on ``device``.
+
+    ``official_numerics``: rounded through float16 first, as the official loader read the
+    bf16 file as float16 before computing in float32.
+    """
+    if official_numerics:
+        tensor = tensor.to(torch.float16)
+    return tensor.to(device=device, dtype=dtype)
+
+
+def owned_tensors(
+    tensors: Iterator[tuple[str, torch.Tensor]], device: torch.device, dtype: torch.dtype, official_numerics: bool
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Borrowed checkpoint tensors as copies of this process's own, floats already in the compute precision."""
+    for key, tensor in tensors:
+        owned = cast_weight(tensor, device, dtype, official_numerics) if tensor.is_floating_point() else tensor
+        # .to() hands back its input when nothing changes; that memory is the file's.
+        if owned.data_ptr() == tensor.data_ptr() and owned.device == tensor.device:
+            owned = owned.clone()
+        del tensor
+        yield key, owned
+
+
 def _read_safetensors_file(path: Path, listed: list[TensorEntry]) -> Iterator[tuple[str, torch.Tensor]]:
     # The library maps the whole file, and every page a tensor was read from stays in this
     # process's resident memory until that mapping closes: left open, a full-size bf16 file

@@ -353,6 +353,16 @@ def pinned_revision(model: str, revision: Optional[str], identity: dict[str, Any
 # --------------------------------------------------------------------------- loading
 
 
+def _head_cache(network: Any):
+    """The on-disk cache of the shared prompt head, unless ``SEGEARTH_CACHE_DIR`` turns it off."""
+    from segearth_model.prompt_cache import PromptHeadCache, default_cache_dir
+
+    directory = default_cache_dir()
+    if directory is None or network.weights_fingerprint is None:
+        return None
+    return PromptHeadCache(directory, network.weights_fingerprint)
+
+
 def load_segmenter(model: str, *, revision: Optional[str], device: str, dtype: str, task: str, quiet: bool,
                    official_numerics: bool = False, identity: Optional[dict[str, Any]] = None):
     """Load the model behind the Segmenter interface; unavailable models exit 4 with a way out.
@@ -388,7 +398,7 @@ def _load_one(model: str, *, revision: Optional[str], device: str, dtype: str, t
     except segearth_model.ModelLoadError as exc:
         # The model package's messages already name the repo or file and how to get it.
         raise ModelUnavailableError(str(exc)) from exc
-    predictor = segearth_model.MaskPredictor(network, tokenizer, task=task, name=model)
+    predictor = segearth_model.MaskPredictor(network, tokenizer, task=task, name=model, head_cache=_head_cache(network))
     described = dict(identity or {"id": model, "revision": revision or ("built-in" if model == TINY_RANDOM else None)})
     described.update(dtype=dtype_name, task=task, numerics="official" if official_numerics else "native",
                      device=str(predictor.device))
