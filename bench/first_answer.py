@@ -41,16 +41,19 @@ def write_scene(path: Path, size: int) -> None:
         dataset.write(pixels)
 
 
-def run_once(command: list[str], env: dict[str, str]) -> tuple[float, float, dict]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+def run_once(command: list[str], env: dict[str, str]) -> tuple[float, float, float, dict]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     begin = time.perf_counter()
     finished = subprocess.run(command, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - begin
     if finished.returncode != 0:
         raise SystemExit(f"segearth query exited {finished.returncode}:\n{finished.stderr}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # On a shared machine wall time includes waiting for a core; CPU time does not.
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     # ru_maxrss of children is the largest child so far (KiB); runs only grow it.
-    peak_gb = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) * 1024 / 1e9
-    return wall, peak_gb, json.loads(finished.stdout)
+    peak_gb = after.ru_maxrss * 1024 / 1e9
+    return wall, cpu, peak_gb, json.loads(finished.stdout)
 
 
 def main() -> None:
@@ -77,10 +80,10 @@ def main() -> None:
             output = work_dir / f"answer{run}.tif"
             if args.cold:
                 shutil.rmtree(cache, ignore_errors=True)
-            wall, peak_gb, summary = run_once([*command, "-o", str(output)], env)
+            wall, cpu, peak_gb, summary = run_once([*command, "-o", str(output)], env)
             walls.append(wall)
             phases = ", ".join(f"{k} {v:.2f}" for k, v in summary["timings"].items())
-            print(f"run {run + 1}: {wall:.1f} s wall, peak RSS {peak_gb:.2f} GB; {phases}")
+            print(f"run {run + 1}: {wall:.1f} s wall, {cpu:.1f} s CPU, peak RSS {peak_gb:.2f} GB; {phases}", flush=True)
         print(f"1-minute load average: {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
               f"({os.cpu_count()} cores)")
         print(f"median wall time of {args.runs} runs: {statistics.median(walls):.1f} s")

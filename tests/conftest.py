@@ -10,6 +10,14 @@ import pytest
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_prompt_head_cache(tmp_path_factory):
+    """Keeps the tests' prompt heads out of the user's cache folder (subprocesses inherit it)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEGEARTH_CACHE_DIR", str(tmp_path_factory.mktemp("segearth-cache")))
+        yield
+
+
 @pytest.fixture
 def real_scenes_dir() -> Path:
     """The folder of public sample scenes next to the repository; skips when it is absent."""
