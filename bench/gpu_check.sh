@@ -53,7 +53,7 @@ if [ -n "$wheels" ]; then
 fi
 
 if [ $tiny = 1 ]; then
-  device=cpu; dtypes="fp32"; batches="1 2"; model=tiny-random; query_limit=900
+  device=cpu; dtypes="fp32"; batches="2"; model=tiny-random; query_limit=900
 else
   device=cuda; batches="8 16"; query_limit=150
   # `auto` picks bfloat16 on a GPU that has it; measured once when it is the same.
@@ -64,11 +64,13 @@ else
 fi
 
 step "model only: windows/s (bench/model_gpu.py)"
+# A failure here costs its figures only; the end-to-end steps still run.
 if [ $tiny = 1 ]; then
-  timeout 300 python3 "$repo/bench/model_gpu.py" --device cpu --tiny --dtypes fp32 --batches 1,2 --iterations 1
+  timeout 900 python3 "$repo/bench/model_gpu.py" --device cpu --tiny --dtypes fp32 --batches 2 --iterations 1 ||
+    echo "model only: failed or over its time limit"
 else
   timeout 150 python3 "$repo/bench/model_gpu.py" --dtypes "${dtypes// /,}" --batches 8,16 --iterations 5 \
-    ${tokenizer:+--tokenizer-dir "$tokenizer"}
+    ${tokenizer:+--tokenizer-dir "$tokenizer"} || echo "model only: failed or over its time limit"
 fi
 
 if [ $tiny = 0 ]; then
