@@ -191,8 +191,8 @@ class _TinyVocabularyTokenizer:
     def _fold(self, token_id: int) -> int:
         return {50295: 1000, 50296: 1001}.get(token_id, token_id % 1000)
 
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return [self._fold(i) for i in self.tokenizer.encode(text, add_special_tokens=add_special_tokens)]
+    def encode(self, text: str, **options) -> list[int]:
+        return [self._fold(i) for i in self.tokenizer.encode(text, **options)]
 
     def convert_tokens_to_ids(self, token: str) -> int:
         return self._fold(self.tokenizer.convert_tokens_to_ids(token))
