@@ -14,8 +14,10 @@ Two protocols are scored in one pass:
     map thresholded at 0. Pixels are compared on the whole square canvas, so a prediction
     inside the padding is a false positive.
 ``original_size``
-    What a user of ``segearth query`` gets: the padding is cut off, the logits are resized
-    back to the ground truth's own size (bilinear), thresholded at 0 and compared there.
+    What a user of ``segearth query --mode whole`` gets, computed by the same functions: the
+    canvas is made as ``query`` makes it, the padding is cut off, the logits are resized
+    back to the ground truth's own size (bilinear, the official original-size rule),
+    thresholded at 0 and compared there.
 
 Metrics, as the official evaluation computes them: per sample ``IoU = I / (U + 1e-5)``
 with ``IoU = 1`` when prediction and target are both empty (``U == 0``); gIoU is the mean
@@ -42,7 +44,10 @@ import numpy as np
 
 from .atomic import write_atomically
 from .errors import InputError, OutputError, UsageError
-from .segmenter import PadInfo, Segmenter, fitted_size, resize_and_pad, resize_mask_nearest, unpad_and_resize
+from .scene import canvas_rgb
+from .segmenter import PadInfo, Segmenter, fitted_size, resize_mask_nearest
+from .stitch import logits_to_footprint
+from .windows import Window, whole_window
 
 log = logging.getLogger("segearth_cli.evaluate")
 
@@ -545,25 +550,31 @@ class EvalReport:
 ProgressCallback = Callable[[int, int, float], None]
 
 
-def _label_padinfo(image_info: PadInfo, label_shape: tuple[int, int], size: int) -> tuple[PadInfo, PadInfo]:
-    """Canvas placement of the ground truth, and the crop that brings a prediction to its size.
+def _label_on_canvas(label_shape: tuple[int, int], size: int) -> PadInfo:
+    """Canvas placement of the ground truth.
 
     The official reader resizes the label on its own, so a label whose size differs from its
-    image's is placed by its own dimensions on the canvas; the original-size comparison then
-    happens at the label's size.
+    image's is placed by its own dimensions on the canvas.
     """
     height, width = label_shape
     new_h, new_w = fitted_size(height, width, size)
-    on_canvas = PadInfo(top=(size - new_h) // 2, left=(size - new_w) // 2, new_h=new_h, new_w=new_w,
-                        orig_h=height, orig_w=width, size=size)
-    back = PadInfo(top=image_info.top, left=image_info.left, new_h=image_info.new_h, new_w=image_info.new_w,
+    return PadInfo(top=(size - new_h) // 2, left=(size - new_w) // 2, new_h=new_h, new_w=new_w,
                    orig_h=height, orig_w=width, size=size)
-    return on_canvas, back
+
+
+def original_size_mask(logits: np.ndarray, window: Window, height: int, width: int) -> np.ndarray:
+    """The answer at ``height`` x ``width`` to canvas logits (S, S) of ``window``, as ``query`` maps it back.
+
+    The destination rectangle is cut out and :func:`~segearth_cli.stitch.logits_to_footprint`
+    resizes it; a pixel answers where its logit is above 0 (probability above 0.5).
+    """
+    rows, cols = window.dst_slices
+    return logits_to_footprint(logits[None, rows, cols], height, width)[0] > 0
 
 
 def _predict(segmenter: Segmenter, canvases: list[np.ndarray], questions: list[str]) -> np.ndarray:
     """(B, S, S) float32 logits, one per (canvas, question) pair, in one model call."""
-    windows = np.stack([c.transpose(2, 0, 1) for c in canvases]).astype(np.uint8, copy=False)
+    windows = np.stack(canvases)
     size = segmenter.input_size
     logits = np.asarray(segmenter.segment_pairs(windows, list(questions)))
     expected = (len(canvases), size, size)
@@ -620,18 +631,18 @@ def evaluate(
     report = EvalReport(dataset=dataset, split=split, model=getattr(segmenter, "name", ""))
     total = len(samples)
     for batch in _batches(samples, batch_size):
-        canvases, infos = [], []
+        canvases, windows = [], []
         for sample in batch:
-            canvas, info = resize_and_pad(read_rgb(sample.image_path), size)
-            canvases.append(canvas)
-            infos.append(info)
+            rgb = read_rgb(sample.image_path)
+            window = whole_window(rgb.shape[1], rgb.shape[0], size)
+            canvases.append(canvas_rgb(rgb.transpose(2, 0, 1), window))
+            windows.append(window)
         logits = _predict(segmenter, canvases, [s.question for s in batch])
-        for sample, info, sample_logits in zip(batch, infos, logits):
+        for sample, window, sample_logits in zip(batch, windows, logits):
             target = sample.target.load()
-            on_canvas, back = _label_padinfo(info, target.shape, size)
             predicted = sample_logits > 0
-            official = report.official.add(predicted, resize_mask_nearest(target, on_canvas))
-            original = report.original_size.add(unpad_and_resize(sample_logits, back) > 0, target)
+            official = report.official.add(predicted, resize_mask_nearest(target, _label_on_canvas(target.shape, size)))
+            original = report.original_size.add(original_size_mask(sample_logits, window, *target.shape), target)
             report.samples.append(SampleResult(sample.name, sample.image_path.name, sample.question, official, original))
             if save_predictions is not None:
                 _write_mask_png(save_predictions, sample.name, predicted)

@@ -23,7 +23,7 @@ from typing import Callable, ContextManager, Iterator, Optional, Sequence
 
 import numpy as np
 
-from .stitch import RowBlock, Stitcher, window_probabilities
+from .stitch import RowBlock, Stitcher, window_logits
 from .windows import Window, WindowPlan
 
 #: Reader threads when the caller does not say: one per core, up to this many.
@@ -61,7 +61,7 @@ class _Batch:
 
     windows: list[tuple[Window, Optional[np.ndarray]]]
     canvases: Optional[np.ndarray]
-    probabilities: Optional[np.ndarray] = None
+    logits: Optional[np.ndarray] = None
     done: bool = False
 
 
@@ -197,12 +197,12 @@ class _Replicas:
                 if not self._queue:
                     return
                 batch = self._queue.popleft()
-            probabilities = None
+            logits = None
             if batch.canvases is not None:
                 with self._clock("model"):
-                    probabilities = window_probabilities(replica, batch.canvases, self._questions, self._input_size)
+                    logits = window_logits(replica, batch.canvases, self._questions, self._input_size)
             with self._shared.condition:
-                batch.probabilities = probabilities
+                batch.logits = logits
                 batch.done = True
                 self._shared.condition.notify_all()
 
@@ -242,7 +242,7 @@ class _Writer:
             if valid is None:
                 self._emit(self._stitcher.skip(window))
             else:
-                self._emit(self._stitcher.add(window, batch.probabilities[position], valid))
+                self._emit(self._stitcher.add(window, batch.logits[position], valid))
                 position += 1
             if self._on_window is not None:
                 self._on_window(window, valid is not None)
@@ -290,7 +290,7 @@ def run_plan(
     models = _Replicas(replicas, questions, plan.input_size, shared, clock)
     writer = _Writer(stitcher, write, on_window, shared, clock)
     # One batch in each replica and the one being blended; the next ones wait as reads, which
-    # are smaller than probabilities and are stacked in no time.
+    # are smaller than logits and are stacked in no time.
     most_in_flight = len(replicas) + 1
     threads = [*readers.threads, *models.threads, writer.thread]
     for thread in threads:

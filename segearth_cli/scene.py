@@ -19,11 +19,15 @@ Decisions made once per scene, so every window is treated the same:
   south-up transforms are kept: the pipeline works in pixel space and outputs reuse the
   transform.
 
-Resampling a window into the model canvas is done by GDAL inside the read (``out_shape``):
-bilinear for data, nearest for masks and palette indices, with pixel centres aligned. GDAL
-widens the bilinear kernel when shrinking, so downsampled windows are antialiased, and it
-takes reduced reads from overviews, so a whole-scene read of a huge file never decodes it
-at full resolution. A window at the file's own resolution is a plain windowed read.
+A window becomes a model canvas exactly as the official preprocessing makes one: its
+pixels are read at the file's own resolution as uint8 RGB (stretch, palette and validity
+applied there), then ``cv2.resize`` with ``INTER_LINEAR`` brings them to the window's
+destination size, which sits centred on a zero canvas; validity follows the same geometry
+with ``INTER_NEAREST``. For a whole scene that is ``resize_and_pad`` of the full-resolution
+image, bit for bit. A footprint of more than :data:`EXACT_READ_MAX_PIXELS` (whole mode on a
+huge scene, a very coarse ``--gsd``) is first read reduced by GDAL, from overviews when the
+file has them, to no less than twice the destination size, and then resized the same way:
+an approximation that keeps memory bounded (the README gives its size).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+import cv2
 import numpy as np
 import rasterio
 from affine import Affine
@@ -54,6 +59,13 @@ except ImportError:  # pragma: no cover - older rasterio layouts
 STRETCH_PERCENTILES = (2.0, 98.0)
 #: Upper bound on the pixels read to measure the stretch.
 STRETCH_SAMPLE_PIXELS = 2**21
+
+#: Largest footprint read at the file's own resolution, so that its canvas is exactly the
+#: official one (64 Mpx: every EarthReason image, and tiles up to 8000 px square).
+EXACT_READ_MAX_PIXELS = 64_000_000
+#: Beyond that, the footprint is read reduced to this many times the destination size per
+#: axis: enough for the bilinear resize to see every detail the canvas can hold.
+REDUCED_READ_FACTOR = 2
 
 #: Bounds of GDAL's block cache, MB. Its default (5 % of RAM) would count against the
 #: pipeline's memory bound; what window overlap can reuse is the band of blocks one grid
@@ -215,20 +227,13 @@ class SceneReader:
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """The window's model input: uint8 (3, S, S) RGB and bool (S, S) validity.
 
-        Only the window's source rectangle is read, resampled into the destination
-        rectangle; the padding around it is 0 and invalid.
+        Only the window's source rectangle is read (see :func:`footprint_read_size`) and
+        made into the canvas by :func:`window_canvas`; the padding around it is 0 and invalid.
         """
         _check_inside(window, self.scene)
-        rgb, valid = self._rect(
-            window.col_off, window.row_off, window.width, window.height, window.dst_width, window.dst_height
-        )
-        size = window.size
-        canvas = np.zeros((3, size, size), dtype=np.uint8)
-        canvas_valid = np.zeros((size, size), dtype=bool)
-        rows, cols = window.dst_slices
-        canvas[:, rows, cols] = rgb
-        canvas_valid[rows, cols] = valid
-        return canvas, canvas_valid
+        out_w, out_h = footprint_read_size(window)
+        rgb, valid = self._rect(window.col_off, window.row_off, window.width, window.height, out_w, out_h)
+        return window_canvas(rgb, valid, window)
 
     def _validity_needs_values(self) -> bool:
         """NaNs and transparent palette entries are only known from the pixel values."""
@@ -237,14 +242,12 @@ class SceneReader:
     def read_valid(self, window: Window) -> np.ndarray:
         """Only the validity canvas (S, S) of ``read``: cheap when validity needs no pixel values."""
         _check_inside(window, self.scene)
-        if self._validity_needs_values() or (self._bands.validity == "nodata" and window.native):
-            # Nodata at the file's own resolution is compared in place, in the values.
+        if self._validity_needs_values():
             _, valid = self.read(window)
             return valid
+        out_w, out_h = footprint_read_size(window)
         rio_window = RioWindow(window.col_off, window.row_off, window.width, window.height)
-        canvas = np.zeros((window.size, window.size), dtype=bool)
-        canvas[window.dst_slices] = self._bands.read_validity(rio_window, window.dst_height, window.dst_width)
-        return canvas
+        return canvas_validity(self._bands.read_validity(rio_window, out_h, out_w), window)
 
     def read_valid_rows(self, row_off: int, height: int) -> np.ndarray:
         """Validity (height, scene width) of whole scene rows at the file's own resolution.
@@ -478,6 +481,52 @@ def _check_inside(window: Window, scene: Scene) -> None:
         or window.row_off + window.height > scene.height
     ):
         raise ValueError(f"window {window} is not inside the {scene.width}x{scene.height} scene")
+
+
+def footprint_read_size(window: Window) -> tuple[int, int]:
+    """(width, height) at which a window's footprint is read before it is resized to the canvas.
+
+    The file's own resolution up to :data:`EXACT_READ_MAX_PIXELS`; beyond, a reduced read of
+    :data:`REDUCED_READ_FACTOR` times the destination size (never more than the footprint).
+    """
+    if window.width * window.height <= EXACT_READ_MAX_PIXELS:
+        return window.width, window.height
+    return (min(window.width, REDUCED_READ_FACTOR * window.dst_width),
+            min(window.height, REDUCED_READ_FACTOR * window.dst_height))
+
+
+def window_canvas(rgb: np.ndarray, valid: np.ndarray, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """A footprint's pixels, uint8 RGB (3, h, w) and bool validity (h, w), on the window's model canvas."""
+    return canvas_rgb(rgb, window), canvas_validity(valid, window)
+
+
+def canvas_rgb(rgb: np.ndarray, window: Window) -> np.ndarray:
+    """A footprint's uint8 RGB (3, h, w) on the window's model canvas (3, S, S).
+
+    The official rule: ``cv2.resize`` with ``INTER_LINEAR`` to the destination size, centred
+    on a zero canvas of ``window.size``. Applied to a whole image at full resolution this is
+    ``resize_and_pad``, bit for bit.
+    """
+    canvas = np.zeros((3, window.size, window.size), dtype=np.uint8)
+    rows, cols = window.dst_slices
+    destination = (window.dst_width, window.dst_height)
+    if rgb.shape[1:] == (window.dst_height, window.dst_width):
+        canvas[:, rows, cols] = rgb
+    else:
+        # Interleaved channels, as the official code hands the image to OpenCV.
+        resized = cv2.resize(np.ascontiguousarray(rgb.transpose(1, 2, 0)), destination, interpolation=cv2.INTER_LINEAR)
+        canvas[:, rows, cols] = resized.transpose(2, 0, 1)
+    return canvas
+
+
+def canvas_validity(valid: np.ndarray, window: Window) -> np.ndarray:
+    """A footprint's validity (h, w) on the window's canvas (S, S): the same geometry, by ``INTER_NEAREST``."""
+    canvas = np.zeros((window.size, window.size), dtype=bool)
+    if valid.shape != (window.dst_height, window.dst_width):
+        as_bytes = np.ascontiguousarray(valid, dtype=np.uint8)
+        valid = cv2.resize(as_bytes, (window.dst_width, window.dst_height), interpolation=cv2.INTER_NEAREST) > 0
+    canvas[window.dst_slices] = valid
+    return canvas
 
 
 def overview_size(width: int, height: int, max_side: int) -> tuple[int, int]:

@@ -1,10 +1,10 @@
-"""Blend window probabilities into one seamless scene-sized answer, row block by row block.
+"""Blend window answers into one seamless scene-sized answer, row block by row block.
 
-Each window's probabilities are cropped to its destination rectangle, mapped back onto its
-source rectangle with pixel centres aligned (the inverse of the reader's mapping: bilinear
-where the window had been shrunk, area averaging where it had been enlarged, nothing at the
-file's own resolution), and added with a weight into accumulators that cover only the rows
-the current grid row of windows can still touch.
+Each window's logits are cropped to its destination rectangle and mapped back onto its
+source rectangle by the official original-size rule (:func:`logits_to_footprint`: bilinear,
+``align_corners=False``, on the logits; nothing at the file's own resolution); only then
+do they become probabilities, which are added with a weight into accumulators that cover
+only the rows the current grid row of windows can still touch.
 
 The weight is separable: 1 inside the window, a raised-cosine ramp over the ``overlap``
 source pixels at each side that has a neighbour, and no ramp at the scene border, so edge
@@ -19,7 +19,6 @@ Rows are released as soon as the next window in plan order starts below them; me
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -68,55 +67,58 @@ def edge_ramp(length: int, ramp: int, at_start: bool, at_end: bool) -> np.ndarra
 
 
 class _AxisMap:
-    """Maps ``n_in`` canvas pixels onto ``n_out`` source pixels along one axis, pixel centres aligned.
+    """Bilinear taps mapping ``n_in`` canvas pixels onto ``n_out`` source pixels along one axis.
 
-    Stored as ``taps`` (n_out, k) indexes and ``weights`` (n_out, k): output pixel ``i`` is
-    ``sum_k weights[i, k] * input[taps[i, k]]``.
+    ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` along one axis,
+    computed the same way in float32: output pixel ``i`` samples the input at
+    ``max((i + 0.5) * n_in / n_out - 0.5, 0)``, between the two neighbouring input pixels,
+    with no antialiasing when shrinking. ``taps`` (n_out, 2) and ``weights`` (n_out, 2).
     """
 
     def __init__(self, n_in: int, n_out: int):
-        ratio = n_in / n_out
-        out = np.arange(n_out, dtype=np.float64)
-        if n_in == n_out:
-            taps = out.astype(np.intp)[:, None]
-            weights = np.ones((n_out, 1))
-        elif n_out > n_in:
-            # The reader shrank this axis: interpolate linearly between canvas pixel centres.
-            # The outermost source pixels lie up to half a canvas pixel beyond the outermost
-            # canvas centres; extending the end segments reaches them without the
-            # half-pixel bias clamping would leave at the scene border.
-            x = (out + 0.5) * ratio - 0.5
-            i0 = np.clip(np.floor(x), 0, max(n_in - 2, 0)).astype(np.intp)
-            i1 = np.minimum(i0 + 1, n_in - 1)
-            frac = x - i0 if n_in > 1 else np.zeros_like(x)
-            taps = np.stack([i0, i1], axis=1)
-            weights = np.stack([1.0 - frac, frac], axis=1)
-        else:
-            # The reader enlarged this axis: average the canvas pixels covering each source pixel.
-            k = int(math.ceil(ratio)) + 1
-            start = out * ratio
-            end = start + ratio
-            first = np.floor(start).astype(np.intp)
-            taps = first[:, None] + np.arange(k)[None, :]
-            lo = np.maximum(taps, start[:, None])
-            hi = np.minimum(taps + 1, end[:, None])
-            weights = np.clip(hi - lo, 0.0, None) / ratio
-            taps = np.minimum(taps, n_in - 1)
-        self.taps = taps
-        self.weights = weights.astype(np.float32)
+        scale = np.float64(np.float32(n_in) / np.float32(n_out))
+        # torch rounds the source coordinate once (a fused multiply-add): the float64 product
+        # of the float32 scale is exact, so rounding it to float32 afterwards matches.
+        x = ((np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
+        np.maximum(x, np.float32(0.0), out=x)
+        first = np.minimum(x.astype(np.intp), n_in - 1)
+        second = np.minimum(first + 1, n_in - 1)
+        frac = np.clip(x - first.astype(np.float32), np.float32(0.0), np.float32(1.0))
+        self.taps = np.stack([first, second], axis=1)
+        self.weights = np.stack([np.float32(1.0) - frac, frac], axis=1)
         # Nearest canvas pixel to each source pixel centre, for validity.
-        self.nearest = np.minimum(np.floor((out + 0.5) * ratio).astype(np.intp), n_in - 1)
+        centres = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out)
+        self.nearest = np.minimum(np.floor(centres).astype(np.intp), n_in - 1)
+
+
+def logits_to_footprint(logits: np.ndarray, height: int, width: int, rows: slice = slice(None)) -> np.ndarray:
+    """A window's logits (M, h, w), cropped to its destination rectangle, at its footprint size.
+
+    The official original-size rule: the logits are resized to ``height`` x ``width`` with
+    ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` (no
+    antialiasing), and only the resized logits become probabilities, so the mask is
+    ``logit > 0`` at the footprint's own resolution. Returns float32 (M, len(rows), width)
+    for the output rows ``rows`` (all by default; strips keep a large footprint's memory small).
+    Along each axis the interpolation is that of :class:`_AxisMap`; columns are combined
+    before rows, in the order torch uses.
+    """
+    planes = np.asarray(logits, dtype=np.float32)
+    row_map, col_map = _AxisMap(planes.shape[1], height), _AxisMap(planes.shape[2], width)
+    return _resample(planes, row_map, col_map, rows)
 
 
 def _resample(planes: np.ndarray, rows: _AxisMap, cols: _AxisMap, row_range: slice) -> np.ndarray:
     """(M, h_in, w_in) canvas planes -> (M, rows in row_range, w_out) source planes."""
     taps, weights = rows.taps[row_range], rows.weights[row_range]
-    tmp = planes[:, taps[:, 0], :] * weights[:, 0][None, :, None]
-    for k in range(1, taps.shape[1]):
-        tmp += planes[:, taps[:, k], :] * weights[:, k][None, :, None]
-    out = tmp[:, :, cols.taps[:, 0]] * cols.weights[:, 0]
-    for k in range(1, cols.taps.shape[1]):
-        out += tmp[:, :, cols.taps[:, k]] * cols.weights[:, k]
+    if len(taps) == 0:
+        return np.zeros((planes.shape[0], 0, len(cols.taps)), dtype=np.float32)
+    # Only the input rows this strip reads are interpolated across.
+    low, high = int(taps.min()), int(taps.max()) + 1
+    band = planes[:, low:high]
+    across = band[:, :, cols.taps[:, 0]] * cols.weights[:, 0]
+    across += band[:, :, cols.taps[:, 1]] * cols.weights[:, 1]
+    out = across[:, taps[:, 0] - low] * weights[:, 0][None, :, None]
+    out += across[:, taps[:, 1] - low] * weights[:, 1][None, :, None]
     return out
 
 
@@ -124,7 +126,7 @@ class Stitcher:
     """Streams the weighted blend of a plan's windows as :class:`RowBlock` s.
 
     Feed every window of ``plan`` in plan order, each exactly once, through :meth:`add`
-    (probabilities from the model) or :meth:`skip` (no valid pixel, no model call). Both
+    (logits from the model) or :meth:`skip` (no valid pixel, no model call). Both
     return an iterator of the RowBlocks that became final; consume it before the next call.
     :meth:`finish` returns the rest. Rows come out top to bottom, each exactly once.
     """
@@ -146,16 +148,16 @@ class Stitcher:
         # mapped and released strip by strip, so whole mode on a huge scene stays bounded.
         self._blend = None if len(plan) == 1 else _WindowBlend(plan, self.num_questions, self.block_rows)
 
-    def add(self, window: Window, probabilities: np.ndarray, valid: np.ndarray) -> Iterator[RowBlock]:
-        """Blend one window's canvas probabilities (M, S, S) with its canvas validity (S, S)."""
+    def add(self, window: Window, logits: np.ndarray, valid: np.ndarray) -> Iterator[RowBlock]:
+        """Blend one window's canvas logits (M, S, S) with its canvas validity (S, S)."""
         expected = (self.num_questions, window.size, window.size)
-        if probabilities.shape != expected:
-            raise ValueError(f"probabilities have shape {probabilities.shape}, expected {expected}")
+        if logits.shape != expected:
+            raise ValueError(f"logits have shape {logits.shape}, expected {expected}")
         if valid.shape != expected[1:]:
             raise ValueError(f"valid has shape {valid.shape}, expected {expected[1:]}")
         self._take(window)
         rows, cols = window.dst_slices
-        planes, canvas_valid = probabilities[:, rows, cols], valid[rows, cols]
+        planes, canvas_valid = np.asarray(logits[:, rows, cols], dtype=np.float32), valid[rows, cols]
         if self._blend is None:
             return self._hold(self._release_single(window, (planes, canvas_valid)))
         self._blend.add(window, planes, canvas_valid)
@@ -220,7 +222,6 @@ class Stitcher:
         """Map the only window back strip by strip; rows outside it are uncovered."""
         if data is not None:
             planes, canvas_valid = data
-            planes = np.asarray(planes, dtype=np.float32)
             row_map, col_map = _AxisMap(window.dst_height, window.height), _AxisMap(window.dst_width, window.width)
         while self._released < self.height:
             start = self._released
@@ -236,9 +237,8 @@ class Stitcher:
                 else:
                     strip = _resample(planes, row_map, col_map, rows)
                     strip_valid = canvas_valid[row_map.nearest[rows][:, None], col_map.nearest[None, :]]
-                block.probabilities[:, out_rows, cols] = np.where(strip_valid, strip, 0.0)
+                block.probabilities[:, out_rows, cols] = np.where(strip_valid, sigmoid(strip), 0.0)
                 block.valid[out_rows, cols] = strip_valid
-                np.clip(block.probabilities, 0.0, 1.0, out=block.probabilities)
             self._released = stop
             yield block
 
@@ -271,7 +271,7 @@ class _WindowBlend:
         self._scratch_buffer: Optional[np.ndarray] = None
 
     def add(self, window: Window, planes: np.ndarray, canvas_valid: np.ndarray) -> None:
-        """Add a window's cropped planes (M, dst_h, dst_w), weighted, onto its source rectangle."""
+        """Add a window's cropped logits (M, dst_h, dst_w) as probabilities, weighted, onto its source rectangle."""
         row_map, col_map = self._axis_maps(window)
         if window.native:
             source_valid = canvas_valid
@@ -285,15 +285,15 @@ class _WindowBlend:
         c0, c1 = window.col_off, window.col_off + window.width
         acc = self._acc[:, r0:r1, c0:c1]
         if window.native:
-            product = self._scratch(window.height, window.width)
-            np.multiply(planes, weight, out=product)
+            product = sigmoid(planes, out=self._scratch(window.height, window.width))
+            product *= weight
             acc += product
         else:
             # Strips keep the temporary of a large footprint small.
             step = max(1, (1 << 22) // max(1, window.width * self.num_questions))
             for s0 in range(0, window.height, step):
                 s1 = min(window.height, s0 + step)
-                strip = _resample(np.asarray(planes, dtype=np.float32), row_map, col_map, slice(s0, s1))
+                strip = sigmoid(_resample(planes, row_map, col_map, slice(s0, s1)))
                 strip *= weight[s0:s1]
                 acc[:, s0:s1] += strip
         self._wsum[r0:r1, c0:c1] += weight
@@ -382,9 +382,12 @@ def _rows_needed(plan: WindowPlan) -> int:
     return max(need, 1)
 
 
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    """float32 probabilities from logits, without overflow warnings for large magnitudes."""
-    out = np.negative(logits, dtype=np.float32)
+def sigmoid(logits: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """float32 probabilities from logits, without overflow warnings for large magnitudes.
+
+    ``out`` (float32, the shape of ``logits``) receives the result; ``logits`` itself may be it.
+    """
+    out = np.negative(logits, dtype=np.float32, out=out)
     with np.errstate(over="ignore", under="ignore"):
         np.exp(out, out=out)
     out += 1.0
@@ -392,13 +395,17 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return out
 
 
-def window_probabilities(segmenter, canvases: np.ndarray, questions: Sequence[str], input_size: int) -> np.ndarray:
-    """float32 probabilities (B, M, S, S) the segmenter gives the canvases (B, 3, S, S), shape checked."""
+def window_logits(segmenter, canvases: np.ndarray, questions: Sequence[str], input_size: int) -> np.ndarray:
+    """Mask logits (B, M, S, S) the segmenter gives the canvases (B, 3, S, S), shape checked.
+
+    They stay logits: the official rule resizes logits to the footprint before the sigmoid
+    (see :func:`logits_to_footprint`).
+    """
     logits = segmenter.segment(canvases, questions)
     expected = (len(canvases), len(questions), input_size, input_size)
     if tuple(logits.shape) != expected:
         raise RuntimeError(f"segmenter {segmenter.name} returned logits of shape {logits.shape}, expected {expected}")
-    return sigmoid(logits)
+    return logits
 
 
 def stream_row_blocks(
@@ -422,13 +429,13 @@ def stream_row_blocks(
     batch: list[np.ndarray] = []
 
     def drain() -> Iterator[RowBlock]:
-        probabilities = window_probabilities(segmenter, np.stack(batch), questions, plan.input_size) if batch else None
+        logits = window_logits(segmenter, np.stack(batch), questions, plan.input_size) if batch else None
         position = 0
         for window, valid in queue:
             if valid is None:
                 yield from stitcher.skip(window)
             else:
-                yield from stitcher.add(window, probabilities[position], valid)
+                yield from stitcher.add(window, logits[position], valid)
                 position += 1
         queue.clear()
         batch.clear()

@@ -223,17 +223,21 @@ def check_gsd_measurable(scene: "Scene", gsd: Optional[float]) -> None:
         )
 
 
-def _plan_whole(width: int, height: int, size: int, reason: str) -> WindowPlan:
-    long_side = max(width, height)
-    scale = size / long_side
+def whole_window(width: int, height: int, size: int) -> Window:
+    """The one window of whole mode: a ``width`` x ``height`` image placed as the official preprocessing places it."""
+    scale = size / max(width, height)
     # Same truncation as the official preprocessing (and segearth_model.preprocess).
     dst_w = size if width >= height else max(1, int(width * scale))
     dst_h = size if height >= width else max(1, int(height * scale))
-    win = Window(
+    return Window(
         col_off=0, row_off=0, width=width, height=height, scale=scale, size=size,
         dst_col_off=(size - dst_w) // 2, dst_row_off=(size - dst_h) // 2, dst_width=dst_w, dst_height=dst_h,
     )
-    return WindowPlan("whole", (win,), width, height, size, long_side, 0, reason)
+
+
+def _plan_whole(width: int, height: int, size: int, reason: str) -> WindowPlan:
+    window = whole_window(width, height, size)
+    return WindowPlan("whole", (window,), width, height, size, max(width, height), 0, reason)
 
 
 def _axis_positions(length: int, footprint: int, stride: int) -> list[tuple[int, int]]:

@@ -216,8 +216,9 @@ def test_blend_weights_hide_a_disagreement_between_windows(write_geotiff):
         rows = []
         for index, window in enumerate(plan):
             _, valid = reader.read(window)
-            value = 0.2 if index % 2 == 0 else 0.8
-            rows.extend(stitcher.add(window, np.full((1, SIZE, SIZE), value, np.float32), valid))
+            probability = 0.2 if index % 2 == 0 else 0.8
+            logit = np.log(probability / (1.0 - probability))
+            rows.extend(stitcher.add(window, np.full((1, SIZE, SIZE), logit, np.float32), valid))
         rows.extend(stitcher.finish())
     line = np.concatenate([b.probabilities[0] for b in rows])[32]
     steps = np.abs(np.diff(line))

@@ -10,7 +10,7 @@ import pytest
 from affine import Affine
 from rasterio.crs import CRS
 
-from segearth_cli.stitch import RowBlock, Stitcher, _AxisMap, edge_ramp, sigmoid
+from segearth_cli.stitch import RowBlock, Stitcher, edge_ramp, logits_to_footprint, sigmoid
 from segearth_cli.windows import plan_windows
 
 S = 64
@@ -21,14 +21,18 @@ def fake_scene(width, height):
                            transform=Affine(1, 0, 0, 0, -1, 0))
 
 
+def logit(probability):
+    return float(np.log(probability / (1.0 - probability)))
+
+
 def feed_all(stitcher, plan, value=0.5, valid_fn=None, questions=1):
-    """Feed constant windows; returns (blocks, rows released after each window)."""
+    """Feed windows of the constant probability ``value``; returns (blocks, rows released after each window)."""
     blocks, released_after = [], []
     for window in plan:
         valid = np.ones((S, S), dtype=bool) if valid_fn is None else valid_fn(window)
         canvas = np.zeros((S, S), dtype=bool)
         canvas[window.dst_slices] = valid[window.dst_slices]
-        blocks.extend(stitcher.add(window, np.full((questions, S, S), value, np.float32), canvas))
+        blocks.extend(stitcher.add(window, np.full((questions, S, S), logit(value), np.float32), canvas))
         released_after.append(sum(b.height for b in blocks))
     blocks.extend(stitcher.finish())
     return blocks, released_after
@@ -80,7 +84,7 @@ def test_invalid_and_skipped_windows_become_invalid_rows():
             valid = np.zeros((S, S), dtype=bool)
             valid[window.dst_slices] = True
             valid[window.dst_row_off, window.dst_col_off] = False  # one invalid input pixel
-            blocks.extend(stitcher.add(window, np.full((1, S, S), 0.9, np.float32), valid))
+            blocks.extend(stitcher.add(window, np.full((1, S, S), logit(0.9), np.float32), valid))
     blocks.extend(stitcher.finish())
     valid = np.concatenate([b.valid for b in blocks])
     probability = np.concatenate([b.probabilities[0] for b in blocks])
@@ -96,15 +100,17 @@ def test_a_single_whole_window_streams_in_strips_without_scene_sized_buffers():
     assert stitcher._blend is None  # no accumulators at all
     (window,) = plan.windows
     canvas = np.zeros((1, S, S), np.float32)
-    # A ramp down the canvas: the source rows must come back as its linear interpolation.
-    canvas[0, window.dst_slices[0], :] = np.linspace(0.1, 0.9, window.dst_height)[:, None]
+    # A logit ramp down the canvas: the source rows must come back as its linear interpolation,
+    # held at the end values beyond the outermost canvas centres (the official bilinear rule).
+    canvas[0, window.dst_slices[0], :] = np.linspace(-2.0, 2.0, window.dst_height)[:, None]
     valid = np.zeros((S, S), bool)
     valid[window.dst_slices] = True
     blocks = list(stitcher.add(window, canvas, valid)) + list(stitcher.finish())
     assert [b.row_off for b in blocks] == list(range(0, 5000, 100))
     column = np.concatenate([b.probabilities[0, :, 45] for b in blocks])
-    canvas_row = (np.arange(5000) + 0.5) * (window.dst_height / 5000) - 0.5
-    np.testing.assert_allclose(column, 0.1 + 0.8 * canvas_row / (window.dst_height - 1), atol=1e-5)
+    canvas_row = np.clip((np.arange(5000) + 0.5) * (window.dst_height / 5000) - 0.5, 0, window.dst_height - 1)
+    expected_logit = -2.0 + 4.0 * canvas_row / (window.dst_height - 1)
+    np.testing.assert_allclose(column, 1.0 / (1.0 + np.exp(-expected_logit)), atol=1e-5)
 
 
 def test_edge_ramps_sum_to_one_across_an_overlap_and_never_reach_zero():
@@ -115,24 +121,20 @@ def test_edge_ramps_sum_to_one_across_an_overlap_and_never_reach_zero():
     np.testing.assert_array_equal(edge_ramp(100, 32, False, True)[:68], 1.0)
 
 
-@pytest.mark.parametrize("n_in,n_out", [(64, 100), (50, 50), (1024, 36000)])
-def test_interpolating_axis_maps_reproduce_linear_functions(n_in, n_out):
-    """Canvas samples of a linear function map back onto it, to the scene border."""
-    axis = _AxisMap(n_in, n_out)
-    canvas_centres = (np.arange(n_in) + 0.5) * (n_out / n_in)  # in source pixel units
-    values = 3.0 + 0.25 * canvas_centres
-    mapped = (values[axis.taps] * axis.weights).sum(axis=1)
-    np.testing.assert_allclose(mapped, 3.0 + 0.25 * (np.arange(n_out) + 0.5), rtol=1e-6)
+@pytest.mark.parametrize("shape,size", [((2, 64, 64), (100, 37)), ((1, 50, 40), (50, 40)), ((1, 333, 666), (1800, 3600)),
+                                        ((3, 64, 64), (41, 150)), ((1, 7, 1), (3, 5))])
+def test_logits_come_back_as_torch_bilinear_interpolation_computes_them(shape, size):
+    """The official original-size rule, F.interpolate(bilinear, align_corners=False), enlarging and shrinking."""
+    import torch
 
-
-def test_averaging_axis_map_keeps_the_mean_and_follows_a_ramp():
-    """Enlarged windows come back by area averaging: constants exactly, slopes within a canvas pixel."""
-    axis = _AxisMap(64, 41)
-    np.testing.assert_allclose(axis.weights.sum(axis=1), 1.0, rtol=1e-6)
-    canvas_centres = (np.arange(64) + 0.5) * (41 / 64)
-    mapped = ((3.0 + 0.25 * canvas_centres)[axis.taps] * axis.weights).sum(axis=1)
-    expected = 3.0 + 0.25 * (np.arange(41) + 0.5)
-    assert np.abs(mapped - expected).max() <= 0.25 * (41 / 64) / 2
+    logits = np.random.default_rng(3).normal(0, 4, shape).astype(np.float32)
+    expected = torch.nn.functional.interpolate(torch.from_numpy(logits)[None], size=size, mode="bilinear",
+                                               align_corners=False)[0].numpy()
+    mapped = logits_to_footprint(logits, *size)
+    assert mapped.shape == expected.shape and mapped.dtype == np.float32
+    np.testing.assert_allclose(mapped, expected, rtol=0, atol=1e-5)
+    rows = slice(size[0] // 3, size[0] // 2 + 1)
+    np.testing.assert_array_equal(logits_to_footprint(logits, *size, rows=rows), mapped[:, rows])
 
 
 def test_misuse_is_caught():
