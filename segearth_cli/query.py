@@ -20,6 +20,7 @@ and hands the opened scene on, so the scene is opened once::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -361,7 +362,38 @@ def _check_against_scene(scene, scene_path, targets: Sequence[OutputTarget], opt
         raise UsageError(
             f"{scene_path}: has no coordinate reference system, so --min-area and --simplify (metres) cannot be measured"
         )
+    if has_crs and (vectors or options.min_area > 0 or options.simplify > 0):
+        _check_crs_for_vectors(scene, scene_path, vectors, geojson)
     check_gsd_measurable(scene, options.gsd)
+
+
+def _check_crs_for_vectors(scene, scene_path, vectors: Sequence[OutputTarget], geojson: Sequence[OutputTarget]) -> None:
+    """Refuse, before any window runs, outputs whose lon/lat or metres PROJ cannot compute for this CRS."""
+    from .outputs.vectors import area_problem, wgs84_problem
+
+    crs_name = _crs_name(scene.crs)
+    problem = wgs84_problem(scene.crs) if geojson else None
+    if problem is not None:
+        raise UsageError(
+            f"{geojson[0].path}: GeoJSON is WGS 84 lon/lat, but PROJ cannot transform the CRS of {scene_path} "
+            f"({crs_name}) to WGS 84 ({problem}); write a .gpkg or .tif instead"
+        )
+    problem = area_problem(scene)
+    if problem is not None:
+        where = vectors[0].path if vectors else scene_path
+        raise UsageError(
+            f"{where}: areas in m2 (polygon areas, --min-area, --simplify) cannot be measured in the CRS of "
+            f"{scene_path} ({crs_name}): PROJ says {problem}; write a .tif instead"
+        )
+
+
+def _crs_name(crs) -> str:
+    import pyproj
+
+    try:
+        return pyproj.CRS.from_user_input(crs.to_wkt()).name
+    except pyproj.exceptions.CRSError:
+        return crs.to_string()
 
 
 @contextmanager
@@ -578,6 +610,21 @@ def _unique_messages(texts: Sequence[str]) -> list[str]:
     return list(seen)
 
 
+def _measurable(scene):
+    """``scene``, or a copy without its CRS when PROJ cannot measure areas in it.
+
+    Only the summary's collector needs this: outputs that would hold areas were refused
+    before the run, so the GeoTIFF alone still works, with no areas in the summary.
+    """
+    from .outputs.vectors import area_problem
+
+    problem = area_problem(scene)
+    if problem is None:
+        return scene
+    log.warning("%s: no areas in the summary: PROJ cannot measure in its CRS (%s)", scene.path, problem)
+    return dataclasses.replace(scene, crs=None)
+
+
 class _Sinks:
     """Every output of one run, fed the same row blocks.
 
@@ -625,8 +672,10 @@ class _Sinks:
             missing = tuple(i for i in range(len(questions)) if i not in covered)
             if missing:
                 # Only for the summary: the same rule as the written polygons, metres only with a CRS.
+                summary_scene = _measurable(scene) if has_crs else scene
+                has_crs = summary_scene.crs is not None
                 self.vectors[missing] = VectorSink(
-                    scene, questions, missing, threshold=options.threshold,
+                    summary_scene, questions, missing, threshold=options.threshold,
                     min_area_m2=options.min_area if has_crs else 0.0, attributes=attributes,
                     pixel_coordinates=pixel_coordinates,
                 )

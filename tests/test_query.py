@@ -417,3 +417,42 @@ def test_a_checked_scene_is_opened_once_and_answers_like_a_path(tmp_path, monkey
     assert report.scene == str(scene) and {"open", "read", "model", "total"} <= set(report.timings)
     with rasterio.open(by_path.path) as a, rasterio.open(checked.path) as b:
         np.testing.assert_array_equal(a.read(), b.read())
+
+
+# -- CRSs that PROJ cannot take to WGS 84 ------------------------------------------------------
+
+#: A CRS of another body (PROJ refuses Mars -> Earth) and a projection PROJ does not know.
+MARS_WKT = ('PROJCS["Mars equirectangular",GEOGCS["Mars 2000",DATUM["Mars_2000",SPHEROID["Mars",3396190,0]],'
+            'PRIMEM["Reference meridian",0],UNIT["degree",0.0174532925199433]],PROJECTION["Equirectangular"],'
+            'PARAMETER["standard_parallel_1",0],PARAMETER["central_meridian",0],PARAMETER["false_easting",0],'
+            'PARAMETER["false_northing",0],UNIT["metre",1]]')
+UNKNOWN_PROJECTION_WKT = ('PROJCS["unsupported",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,'
+                          '298.257223563]],PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],'
+                          'PROJECTION["Made_Up_Projection"],PARAMETER["foo",1],UNIT["metre",1]]')
+
+
+@pytest.mark.parametrize("wkt,refused", [
+    (MARS_WKT, {"geojson": "PROJ cannot transform the CRS"}),
+    (UNKNOWN_PROJECTION_WKT, {"geojson": "PROJ cannot transform the CRS", "gpkg": "areas in m2"}),
+], ids=["another body", "unknown projection"])
+def test_a_crs_proj_cannot_take_to_wgs84_is_refused_before_the_model_loads(write_geotiff, tmp_path, capsys,
+                                                                            wkt, refused):
+    from segearth_cli import cli
+
+    data = np.random.default_rng(0).integers(0, 256, (3, 60, 80), dtype=np.uint8)
+    scene = write_geotiff("other.tif", data, crs=CRS.from_wkt(wkt), transform=Affine(100, 0, 0, 0, -100, 0))
+    # Areas on another body's ellipsoid are still measured: a GeoPackage of Mars works (not run here).
+    for kind in [*refused, "tif"]:
+        output = tmp_path / f"answer.{kind}"
+        code = cli.run(["query", str(scene), "where?", "--model", "tiny-random", "--device", "cpu", "-o", str(output)])
+        _, err = capsys.readouterr()
+        if kind in refused:
+            assert code == 2, err
+            (line,) = [l for l in err.splitlines() if l.startswith("segearth: error:")]
+            assert refused[kind] in line and str(scene) in line and str(output) in line
+            assert "random weights" not in err  # refused before the model was loaded
+            assert not output.exists()
+        else:
+            assert code == 0, err
+            with rasterio.open(output) as mask_file:
+                assert mask_file.crs == CRS.from_wkt(wkt) and mask_file.shape == (60, 80)

@@ -291,6 +291,28 @@ def _dissolve(group: _Group):
     return shapely.simplify(merged, 0.0, preserve_topology=True)
 
 
+def wgs84_problem(crs) -> Optional[str]:
+    """Why PROJ cannot take ``crs`` to WGS 84 lon/lat (another body, an unsupported projection), or None."""
+    try:
+        pyproj.Transformer.from_crs(_pyproj_crs(crs), "EPSG:4326", always_xy=True)
+    except (pyproj.exceptions.ProjError, pyproj.exceptions.CRSError) as error:
+        return first_line(error)
+    return None
+
+
+def area_problem(scene) -> Optional[str]:
+    """Why areas in square metres cannot be measured in the scene's CRS, or None when they can.
+
+    Areas are measured on the CRS's own ellipsoid, so a CRS of another body has them; one
+    whose projection PROJ cannot invert does not.
+    """
+    try:
+        _Geodesy(scene.crs, Affine(*tuple(scene.transform)[:6]), scene.width, scene.height)
+    except (pyproj.exceptions.ProjError, pyproj.exceptions.CRSError) as error:
+        return first_line(error)
+    return None
+
+
 class _Geodesy:
     """Areas and metric tolerances for one scene CRS (see the module docstring)."""
 
