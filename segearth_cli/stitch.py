@@ -146,7 +146,12 @@ class Stitcher:
         self._pending: Optional[Iterator[RowBlock]] = None
         # A single window is the only contributor to every row it covers: its rows can be
         # mapped and released strip by strip, so whole mode on a huge scene stays bounded.
-        self._blend = None if len(plan) == 1 else _WindowBlend(plan, self.num_questions, self.block_rows)
+        if len(plan) == 1:
+            self._blend = None
+        elif plan.footprint > plan.input_size:
+            self._blend = _DeferredBlend(plan, self.num_questions)
+        else:
+            self._blend = _WindowBlend(plan, self.num_questions, self.block_rows)
 
     def add(self, window: Window, logits: np.ndarray, valid: np.ndarray) -> Iterator[RowBlock]:
         """Blend one window's canvas logits (M, S, S) with its canvas validity (S, S)."""
@@ -366,6 +371,55 @@ class _WindowBlend:
             weight = wy[:, None] * wx[None, :]
             self._weights_cache[key] = weight
         return weight
+
+
+class _DeferredBlend:
+    """Weighted blend of windows whose footprint is larger than the canvas, computed as rows are released.
+
+    A window is kept as its cropped canvas logits, which are smaller than its footprint,
+    until every row it covers has been released; each released block is blended from the
+    windows that cover it. Every source pixel is still mapped once per window, but memory is
+    the kept canvases plus one block, not accumulators of footprint height across the scene.
+    """
+
+    def __init__(self, plan: WindowPlan, num_questions: int):
+        self.width = int(plan.scene_width)
+        self.height = int(plan.scene_height)
+        self.num_questions = num_questions
+        self._ramp = int(plan.overlap)
+        self._kept: list[tuple[Window, np.ndarray, np.ndarray, _AxisMap, _AxisMap]] = []
+
+    def add(self, window: Window, planes: np.ndarray, canvas_valid: np.ndarray) -> None:
+        maps = (_AxisMap(window.dst_height, window.height), _AxisMap(window.dst_width, window.width))
+        self._kept.append((window, np.array(planes, dtype=np.float32), np.array(canvas_valid), *maps))
+
+    def take_rows(self, start: int, stop: int) -> RowBlock:
+        probabilities = np.zeros((self.num_questions, stop - start, self.width), dtype=np.float32)
+        wsum = np.zeros((stop - start, self.width), dtype=np.float32)
+        for window, planes, canvas_valid, row_map, col_map in self._kept:
+            lo, hi = max(start, window.row_off), min(stop, window.row_off + window.height)
+            if lo >= hi:
+                continue
+            rows = slice(lo - window.row_off, hi - window.row_off)
+            # The separable weight, built for these rows only: a footprint-sized one could be gigabytes.
+            wy = edge_ramp(window.height, self._ramp, window.row_off > 0, window.row_off + window.height < self.height)
+            wx = edge_ramp(window.width, self._ramp, window.col_off > 0, window.col_off + window.width < self.width)
+            weight = wy[rows, None] * wx[None, :]
+            weight *= canvas_valid[row_map.nearest[rows][:, None], col_map.nearest[None, :]]
+            strip = sigmoid(_resample(planes, row_map, col_map, rows))
+            strip *= weight
+            out_rows, cols = slice(lo - start, hi - start), slice(window.col_off, window.col_off + window.width)
+            probabilities[:, out_rows, cols] += strip
+            wsum[out_rows, cols] += weight
+        valid = wsum > 0
+        np.maximum(wsum, np.float32(1e-30), out=wsum)
+        probabilities /= wsum
+        np.minimum(probabilities, np.float32(1.0), out=probabilities)
+        return RowBlock(row_off=start, probabilities=probabilities, valid=valid)
+
+    def slide(self, new_base: int) -> None:
+        """Forget the windows whose rows have all been released."""
+        self._kept = [kept for kept in self._kept if kept[0].row_off + kept[0].height > new_base]
 
 
 def _rows_needed(plan: WindowPlan) -> int:

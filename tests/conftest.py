@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
 import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+#: Every skip for want of the shared fixtures names this folder.
+SHARED_LABEL = "../shared"
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In CI (``CI=true``), a test skipped because ../shared is absent fails instead.
+
+    Locally the parity and real-scene tests skip without the shared fixtures; in CI that
+    skip would hide exactly the checks that matter.
+    """
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and _in_ci() and isinstance(report.longrepr, tuple) and SHARED_LABEL in report.longrepr[2]:
+        report.outcome = "failed"
+        report.longrepr = f"CI requires the shared fixtures: {report.longrepr[2]}"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -21,12 +21,31 @@ from rasterio.windows import Window
 from segearth_cli import cli
 
 SCENES_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "real_scenes"
-#: Exit codes a scene may legitimately end with besides 0: usage (an output the scene cannot
-#: have, e.g. GeoJSON without a CRS) and unreadable or unsupported input.
-DOCUMENTED_FAILURES = {2, 3}
-MUST_SUCCEED = {"rasterio__RGB.byte.tif", "rio-tiler__pix4d_alpha_nodata.tif", "rio-tiler__cog_world.tif",
-                "rasterio__all-nodata.tif", "georust-gdal__gcp.tif", "gdalraster__storml_tcc.tif"}
-MUST_FAIL = {"rasterio__corrupt.tif": 3, "pygaarst__test.tiff": 3, "gdalraster__complex.tif": 3}
+#: What each scene must end with: 0, or (exit code, a fragment of its one error line).
+#: A scene missing here fails the test: a new file needs its own expectation.
+EXPECTED = {
+    "gdalraster__complex.tif": (3, "complex-valued band (complex64) cannot be shown as an image"),
+    "gdalraster__geomatrix.tif": 0,
+    "gdalraster__int64.tif": 0,
+    "gdalraster__storml_tcc.tif": 0,
+    "georust-gdal__gcp.tif": 0,
+    "georust-gdal__m_3607824_se_17_1_20160620_sub.tif": 0,
+    "georust-gdal__tinymarble.tif": (2, "has no georeferencing, so"),
+    "pygaarst__test.tiff": (3, "empty file (0 bytes)"),
+    "rasterio__RGB.byte.tif": 0,
+    "rasterio__all-nodata.tif": 0,
+    "rasterio__cogeo.tif": 0,
+    "rasterio__corrupt.tif": (3, "read failed for 256x256 px at column 448, row 448"),
+    "rasterio__float_nan.tif": (2, "GeoJSON is lon/lat (RFC 7946), but"),
+    "rasterio__rotated.tif": (2, "GeoJSON is lon/lat (RFC 7946), but"),
+    "rio-tiler__201404_13SED190110_201404_0x1500m_CL_1.tif": 0,
+    "rio-tiler__201404_13SED190110_201404_0x1500m_CL_1_extmask.tif": 0,
+    "rio-tiler__201404_13SED190110_201404_0x1500m_CL_1_mask.tif": 0,
+    "rio-tiler__cog_world.tif": 0,
+    "rio-tiler__pix4d_alpha_nodata.tif": 0,
+    "solaris__ms1.tif": 0,
+    "solaris__rgb_unmasked.tif": 0,
+}
 #: One whole-scene window per scene keeps tiny-random to one call (the outputs are still full
 #: size, 648 Mpx for cog_world); native-resolution tiles where they matter: a nodata collar cut
 #: by window borders, and damaged tiles that only a full-resolution read reaches.
@@ -106,16 +125,16 @@ def test_query_on_real_scene(scene, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "Traceback" not in err
 
-    if code != 0:
-        assert code in DOCUMENTED_FAILURES, err
-        assert scene.name not in MUST_SUCCEED, err
+    assert scene.name in EXPECTED, f"{scene.name}: no expected outcome; add one to EXPECTED"
+    expected = EXPECTED[scene.name]
+    if expected != 0:
+        expected_code, fragment = expected
+        assert code == expected_code, err
         errors = [line for line in err.splitlines() if line.startswith("segearth: error:")]
         assert len(errors) == 1, err
-        assert scene.name in errors[0]
+        assert scene.name in errors[0] and fragment in errors[0], errors[0]
         assert out == ""
         assert list(tmp_path.iterdir()) == []  # no output and no temporary left behind
-        if scene.name in MUST_FAIL:
-            assert code == MUST_FAIL[scene.name]
         if code == 2:
             # Refused outputs (vectors without georeferencing, GeoJSON without a CRS): the
             # mask alone must still work on the scene's pixel grid.
@@ -126,7 +145,7 @@ def test_query_on_real_scene(scene, tmp_path, capsys):
             check_mask(scene, outputs["tif"], json.loads(out))
         return
 
-    assert scene.name not in MUST_FAIL
+    assert code == 0, err
     summary = json.loads(out)
     assert summary["windows_run"] + summary["windows_skipped"] == summary["windows_total"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in outputs.values())

@@ -61,8 +61,18 @@ def test_buffers_depend_on_width_and_window_height_not_scene_height():
         stitcher = Stitcher(plan, 3)
         shapes.append((stitcher._blend._acc.shape, stitcher._blend._wsum.shape))
     assert shapes[0] == shapes[1] == shapes[2] == (((3, S, 300)), (S, 300))
-    plan = plan_windows(fake_scene(300, 5000), mode="tiled", input_size=S, window=150)
-    assert Stitcher(plan, 1)._blend._acc.shape == (1, 150, 300)
+    plan = plan_windows(fake_scene(300, 5000), mode="tiled", input_size=S, window=64)
+    assert Stitcher(plan, 1)._blend._acc.shape == (1, 64, 300)
+
+
+def test_footprints_larger_than_the_canvas_keep_canvases_not_footprint_sized_buffers():
+    plan = plan_windows(fake_scene(3000, 2000), mode="tiled", input_size=S, window=1500, overlap=0.25)
+    stitcher = Stitcher(plan, 1, block_rows=100)
+    assert not hasattr(stitcher._blend, "_acc")
+    blocks, _ = feed_all(stitcher, plan, value=0.3)
+    assert sum(b.height for b in blocks) == 2000 and all(b.height <= 100 for b in blocks)
+    np.testing.assert_allclose(np.concatenate([b.probabilities[0] for b in blocks]), 0.3, rtol=1e-6)
+    assert stitcher._blend._kept == []  # every window forgotten once its rows were out
 
 
 def test_a_constant_answer_stays_constant_through_the_blend():
