@@ -35,7 +35,7 @@ EXPECTED = {
     "rasterio__RGB.byte.tif": 0,
     "rasterio__all-nodata.tif": 0,
     "rasterio__cogeo.tif": 0,
-    "rasterio__corrupt.tif": (3, "read failed for 256x256 px at column 448, row 448"),
+    "rasterio__corrupt.tif": (3, "truncated or corrupt: the block at column 512, row 512 cannot be read"),
     "rasterio__float_nan.tif": (2, "GeoJSON is lon/lat (RFC 7946), but"),
     "rasterio__rotated.tif": (2, "GeoJSON is lon/lat (RFC 7946), but"),
     "rio-tiler__201404_13SED190110_201404_0x1500m_CL_1.tif": 0,
