@@ -522,7 +522,7 @@ def run_batch(
             on_result(result)
 
     settings = BatchSettings(options, model, force, wait, input_size)
-    get_segmenter = _LoadOnce(segmenter)
+    get_segmenter = LoadOnce(segmenter)
     for scene, scene_jobs in group_by_scene(jobs):
         run_scene_group(scene, scene_jobs, settings, get_segmenter, on_result=emit)
     report.results.sort(key=lambda r: r.job.number)
@@ -530,7 +530,7 @@ def run_batch(
     return report
 
 
-class _LoadOnce:
+class LoadOnce:
     """Gives the segmenter, loading it on first use; a failed load fails every later use the same way."""
 
     def __init__(self, segmenter: Any):

@@ -6,6 +6,7 @@ exit status are described in ``segearth_cli/batch.py``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -14,7 +15,7 @@ from typing import Annotated, Optional, TextIO
 
 import typer
 
-from ..errors import OutputError
+from ..errors import OutputError, UsageError
 from ..windows import DEFAULT_MAX_WINDOWS
 from . import options as opt
 
@@ -97,6 +98,21 @@ def batch_command(
                                                    rich_help_panel="Batch")] = None,
     json_report: Annotated[bool, typer.Option("--json", help="Write the JSON Lines report to stdout.",
                                               rich_help_panel="Reporting")] = False,
+    engine: Annotated[str, typer.Option("--engine", metavar="local|ray", rich_help_panel="Engine",
+                                        help="local: this process; ray: a pool of Ray workers, on this machine or "
+                                        "a cluster (needs the ray extra: pip install 'segearth\\[ray]').")] = "local",
+    address: Annotated[Optional[str], typer.Option("--address", metavar="ADDR", show_default=False,
+                                                   rich_help_panel="Engine",
+                                                   help="Ray cluster to run on (default: RAY_ADDRESS, else the cluster "
+                                                   "started on this machine, else a new local one).")] = None,
+    ray_workers: Annotated[Optional[int], typer.Option("--ray-workers", metavar="N", show_default=False,
+                                                       rich_help_panel="Engine",
+                                                       help="Ray workers, each with its own copy of the model "
+                                                       "(default: one per GPU of the cluster, else one).")] = None,
+    cpus_per_worker: Annotated[Optional[int], typer.Option("--cpus-per-worker", metavar="N",
+                                                           show_default=False, rich_help_panel="Engine",
+                                                           help="CPUs each Ray worker reserves (default: 1 with a "
+                                                           "GPU, else an equal share of the cluster's CPUs).")] = None,
     quiet: opt.Quiet = False,
     debug: opt.Debug = False,  # noqa: ARG001 - read by cli.main before parsing, listed here for --help
 ) -> None:
@@ -108,6 +124,7 @@ def batch_command(
 
     check_device_and_dtype(device, dtype)
     options = opt.query_options(locals())
+    _check_engine(engine, address=address, ray_workers=ray_workers, cpus_per_worker=cpus_per_worker)
     try:
         job_list = read_jobs(jobs)
     except NoJobs as empty:
@@ -118,33 +135,48 @@ def batch_command(
     check_paths(jobs, job_list, report)
     limits = model_limits(model, revision, task)
     check_job_questions(jobs, job_list, limits.check_questions)
-    identity = model_identity(model, revision, dtype=compute_dtype(device, dtype), task=task)
-    # Load the very commit the records name, even if "main" moves while this run is going.
-    load_revision = pinned_revision(model, revision, identity)
+    def model_for(run_device: str, run_dtype: str, recorded_dtype):
+        """The model identity the records hold, and a picklable loader, for where the model runs."""
+        identity = model_identity(model, revision, dtype=recorded_dtype, task=task)
+        # Load the very commit the records name, even if "main" moves while this run is going.
+        load_revision = pinned_revision(model, revision, identity)
 
-    def load():
-        return load_segmenter(model, revision=load_revision, device=device, dtype=dtype, task=task, quiet=quiet,
-                              identity=identity)
+        def load():
+            return load_segmenter(model, revision=load_revision, device=run_device, dtype=run_dtype, task=task,
+                                  quiet=quiet, identity=identity)
 
-    writer = _ReportWriter(json_report, report)
+        return identity, load
+
     total = len(job_list)
     show_progress = not quiet and sys.stderr.isatty()
-    finished = 0
 
-    def on_result(result) -> None:
-        nonlocal finished
-        finished += 1
-        writer.write(result.to_dict())
-        if show_progress:
-            detail = result.reason or result.error or f"{result.seconds:.1f} s"
-            print(f"[{finished}/{total}] {result.status:<7} {result.job.scene.name}: {result.job.question!r} "
-                  f"({detail})", file=sys.stderr)
+    def with_report(start):
+        """``start(on_result=...)`` with every result written to the report as it comes."""
+        writer = _ReportWriter(json_report, report)
+        finished = 0
 
-    try:
-        outcome = run_batch(job_list, load, options, model=identity, force=force, wait=wait, on_result=on_result,
-                            input_size=limits.input_size)
-    finally:
-        writer.close()
+        def on_result(result) -> None:
+            nonlocal finished
+            finished += 1
+            writer.write(result.to_dict())
+            if show_progress:
+                detail = result.reason or result.error or f"{result.seconds:.1f} s"
+                print(f"[{finished}/{total}] {result.status:<7} {result.job.scene.name}: {result.job.question!r} "
+                      f"({detail})", file=sys.stderr)
+
+        try:
+            return start(on_result=on_result)
+        finally:
+            writer.close()
+
+    if engine == "ray":
+        outcome = _run_on_ray(job_list, options, model_for, with_report, device=device, dtype=dtype,
+                              address=address, workers=ray_workers, cpus_per_worker=cpus_per_worker, force=force,
+                              wait=wait, input_size=limits.input_size)
+    else:
+        identity, load = model_for(device, dtype, compute_dtype(device, dtype))
+        outcome = with_report(functools.partial(run_batch, job_list, load, options, model=identity, force=force,
+                                                wait=wait, input_size=limits.input_size))
 
     counts = outcome.counts()
     if not quiet:
@@ -155,3 +187,32 @@ def batch_command(
         print(f"segearth: error: {counts[STATUS_FAILED]} job(s) failed; first: job {first.job.number} "
               f"(line {first.job.lines[0]}): {first.error}", file=sys.stderr)
     raise typer.Exit(outcome.exit_code)
+
+
+def _check_engine(engine: str, **ray_options) -> None:
+    if engine not in ("local", "ray"):
+        raise UsageError(f"--engine {engine}: choose local or ray")
+    given = [f"--{name.replace('_', '-')}" for name, value in ray_options.items() if value is not None]
+    if engine == "local" and given:
+        raise UsageError(f"{', '.join(given)}: only with --engine ray")
+    for name in ("ray_workers", "cpus_per_worker"):
+        value = ray_options.get(name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} {value}: must be at least 1")
+
+
+def _run_on_ray(job_list, options, model_for, with_report, *, device: str, dtype: str, address: Optional[str],
+                workers: Optional[int], cpus_per_worker: Optional[int], force: bool, wait: bool,
+                input_size: Optional[int]):
+    from ..ray_engine import RayCluster
+    from ..segmenter import compute_dtype
+
+    with RayCluster(address) as cluster:
+        shape = cluster.worker_shape(device, workers, cpus_per_worker)
+        # What "auto" means is up to the workers' GPUs, not the driver's: ask one. Every
+        # worker then loads that dtype by name, so the records hold what was computed.
+        resolve = functools.partial(compute_dtype, shape.device, dtype)
+        run_dtype = cluster.run_once(shape, resolve) if shape.gpus else resolve()
+        identity, load = model_for(shape.device, str(run_dtype).removeprefix("torch."), run_dtype)
+        return with_report(functools.partial(cluster.run_batch, job_list, load, options, model=identity, shape=shape,
+                                             force=force, wait=wait, input_size=input_size))
