@@ -135,6 +135,7 @@ def batch_command(
     check_paths(jobs, job_list, report)
     limits = model_limits(model, revision, task)
     check_job_questions(jobs, job_list, limits.check_questions)
+
     def model_for(run_device: str, run_dtype: str, recorded_dtype):
         """The model identity the records hold, and a picklable loader, for where the model runs."""
         identity = model_identity(model, revision, dtype=recorded_dtype, task=task)
