@@ -22,7 +22,7 @@ from .errors import ModelUnavailableError, UsageError
 #: The official canvas geometry (long side to the model size, centre zero padding) lives with
 #: the model, which was trained on it; the pipeline reaches it through these names, imported
 #: on first use because the model package's preprocessing imports torch.
-CANVAS_NAMES = ("PadInfo", "fitted_size", "resize_and_pad", "resize_mask_nearest", "unpad_and_resize")
+CANVAS_NAMES = ("PadInfo", "fitted_size", "resize_and_pad", "resize_mask_nearest")
 
 log = logging.getLogger("segearth_cli.segmenter")
 

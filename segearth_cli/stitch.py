@@ -20,7 +20,7 @@ Rows are released as soon as the next window in plan order starts below them; me
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -460,49 +460,3 @@ def window_logits(segmenter, canvases: np.ndarray, questions: Sequence[str], inp
     if tuple(logits.shape) != expected:
         raise RuntimeError(f"segmenter {segmenter.name} returned logits of shape {logits.shape}, expected {expected}")
     return logits
-
-
-def stream_row_blocks(
-    reader,
-    plan: WindowPlan,
-    segmenter,
-    questions: Sequence[str],
-    batch_size: int = 1,
-    on_window: Optional[Callable[[Window, bool], None]] = None,
-) -> Iterator[RowBlock]:
-    """Read, segment and stitch every window of ``plan``; yield the scene's RowBlocks in order.
-
-    Windows without a valid pixel are skipped without a model call. Windows reach the
-    segmenter ``batch_size`` at a time. ``reader.read`` is called once per window, in plan
-    order; ``on_window(window, ran_model)`` after each read (for progress and counts).
-    """
-    stitcher = Stitcher(plan, len(questions))
-    # Windows read since the last model call, in plan order, with their validity (None for
-    # a window that has no valid pixel); ``batch`` holds the RGB of those that do.
-    queue: list[tuple[Window, Optional[np.ndarray]]] = []
-    batch: list[np.ndarray] = []
-
-    def drain() -> Iterator[RowBlock]:
-        logits = window_logits(segmenter, np.stack(batch), questions, plan.input_size) if batch else None
-        position = 0
-        for window, valid in queue:
-            if valid is None:
-                yield from stitcher.skip(window)
-            else:
-                yield from stitcher.add(window, logits[position], valid)
-                position += 1
-        queue.clear()
-        batch.clear()
-
-    for window in plan.windows:
-        rgb, valid = reader.read(window)
-        has_valid = bool(valid.any())
-        queue.append((window, valid if has_valid else None))
-        if has_valid:
-            batch.append(rgb)
-        if on_window is not None:
-            on_window(window, has_valid)
-        if len(batch) >= batch_size or (not batch and queue):
-            yield from drain()
-    yield from drain()
-    yield from stitcher.finish()

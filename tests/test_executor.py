@@ -25,7 +25,7 @@ from segearth_cli.outputs.raster import MaskRasterSink
 from segearth_cli.query import OutputTarget, QueryOptions, run_query
 from segearth_cli.scene import SceneReader, open_scene
 from segearth_cli.segmenter import PixelFunctionSegmenter, ReplicatedSegmenter
-from segearth_cli.stitch import stream_row_blocks
+from sequential_run import stream_row_blocks
 from segearth_cli.windows import plan_windows
 
 INPUT = 64

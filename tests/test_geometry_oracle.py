@@ -18,7 +18,9 @@ from rasterio.crs import CRS
 from segearth_cli.executor import run_plan
 from segearth_cli.scene import open_scene
 from segearth_cli.segmenter import PixelFunctionSegmenter
-from segearth_cli.stitch import Stitcher, stream_row_blocks
+from sequential_run import stream_row_blocks
+
+from segearth_cli.stitch import Stitcher
 from segearth_cli.windows import plan_windows
 
 #: Resampled windows: two uint8 roundings on the way (scene, resampled window) stay inside it.
