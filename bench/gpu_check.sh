@@ -56,9 +56,9 @@ if [ $tiny = 1 ]; then
   device=cpu; dtypes="fp32"; batches="2"; model=tiny-random; query_limit=900
 else
   device=cuda; batches="8 16"; query_limit=150
-  # `auto` picks bfloat16 on a GPU that has it; measured once when it is the same.
-  auto=$(python3 -c "import torch; from segearth_model.device import resolve_dtype; print(resolve_dtype('auto', torch.device('cuda')))")
-  dtypes="bf16"; [ "$auto" = "torch.bfloat16" ] || dtypes="bf16 auto"
+  # `auto` picks float16 on a GPU (README, "Precision"); measured once when it is bfloat16.
+  auto=$(python3 -c "import torch; from segearth_model.device import resolve_precision; print(resolve_precision('auto', torch.device('cuda')))")
+  dtypes="bf16"; [ "$auto" = "bfloat16" ] || dtypes="bf16 auto"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
   echo "auto resolves to $auto"
 fi

@@ -19,7 +19,9 @@ import torch
 
 from segearth_model.build import build_empty_model, materialize
 from segearth_model.config import SegEarthR1Config
-from segearth_model.device import resolve_dtype
+from segearth_model.device import resolve_dtype, resolve_precision
+from segearth_model.mixed_precision import apply_mixed_precision
+from segearth_model.precision import MIXED
 from segearth_model.predictor import MaskPredictor
 from segearth_model.tiny_random import build_tiny_tokenizer, random_state_dict
 
@@ -113,11 +115,15 @@ def main() -> None:
     generator = torch.Generator(device=device).manual_seed(0)
 
     for dtype_name in args.dtypes.split(","):
-        dtype = resolve_dtype(dtype_name, device)
+        precision = resolve_precision(dtype_name, device)
+        dtype = resolve_dtype(precision, device)
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         model = build(config, device, dtype)
+        if precision == MIXED:
+            apply_mixed_precision(model)
+            dtype = model.dtype
         predictor = MaskPredictor(model, tokenizer)
         peak_key = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "tf32" if args.tf32 else "fp32"}[dtype]
         peak = H100_PEAK[peak_key] if is_h100 else None

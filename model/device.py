@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .precision import AUTO, check_device_spelling, check_dtype_spelling, device_names
+from .precision import AUTO, MIXED, OFFICIAL, auto_precision, check_device_spelling, check_dtype_spelling, device_names
 
 
 def _mps_available() -> bool:
@@ -56,30 +56,29 @@ def resolve_device(device: str | torch.device = AUTO) -> torch.device:
     return resolved
 
 
-def _supports_bfloat16(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    if device.type == "mps":
-        try:
-            torch.ones(1, dtype=torch.bfloat16, device=device)
-        except (RuntimeError, TypeError):
-            return False
-        return True
-    return False
+def resolve_precision(
+    dtype: str | torch.dtype = AUTO, device: torch.device | None = None, *, official_numerics: bool = False
+) -> str:
+    """What the model computes in: ``float32``, ``bfloat16``, ``float16`` or ``mixed``.
+
+    ``auto`` is float16 on a GPU and float32 elsewhere (:func:`.precision.auto_precision`),
+    and always float32 when the official numerics are asked for.
+    """
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype {dtype} is not a floating-point type")
+        return str(dtype).removeprefix("torch.")
+    name = check_dtype_spelling(dtype)
+    if name != AUTO:
+        return name
+    if official_numerics or device is None:
+        return OFFICIAL
+    return auto_precision(device.type)
 
 
 def resolve_dtype(
     dtype: str | torch.dtype = AUTO, device: torch.device | None = None, *, official_numerics: bool = False
 ) -> torch.dtype:
-    """``"auto"``: bfloat16 on a GPU that has it, float32 otherwise (and always float32 for official numerics)."""
-    if isinstance(dtype, torch.dtype):
-        if not dtype.is_floating_point:
-            raise ValueError(f"dtype {dtype} is not a floating-point type")
-        return dtype
-    name = check_dtype_spelling(dtype)
-    if name != AUTO:
-        return getattr(torch, name)
-    if official_numerics:
-        # The official evaluation computes in float32.
-        return torch.float32
-    return torch.bfloat16 if device is not None and _supports_bfloat16(device) else torch.float32
+    """The dtype the weights are loaded in; mixed precision loads float32 and casts most parts afterwards."""
+    precision = resolve_precision(dtype, device, official_numerics=official_numerics)
+    return torch.float32 if precision == MIXED else getattr(torch, precision)

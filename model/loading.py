@@ -11,10 +11,12 @@ from typing import Iterable, Iterator
 import torch
 
 from .checkpoint_config import read_checkpoint_config
-from .device import resolve_device, resolve_dtype
+from .device import resolve_device, resolve_dtype, resolve_precision
 from .errors import CheckpointError
+from .mixed_precision import apply_mixed_precision
 from .hub import resolve_checkpoint_dir
 from .names import CONFIG_FILE, TINY_RANDOM
+from .precision import MIXED, OFFICIAL
 from .prompt import PromptError, special_token_ids
 from .prompt_cache import weights_fingerprint
 from .tokenizer import load_tokenizer
@@ -65,26 +67,39 @@ def load_pretrained(
     revision: str | None = None,
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
-    official_numerics: bool = False,
+    official_numerics: bool | None = None,
 ):
     """(model, tokenizer) for ``"tiny-random"``, a local checkpoint directory or a hub repo id.
 
-    ``official_numerics`` reproduces the official loader bit for bit: weights rounded
-    through float16 and rotary tables built in float16 (use it with float32).
+    ``dtype``: ``"auto"``, a torch dtype, or a spelling of :mod:`.precision`, ``"mixed"``
+    included. ``official_numerics`` reproduces the official loader bit for bit: weights
+    rounded through float16 and rotary tables built in float16. By default it is on exactly
+    when the model computes in float32, as the paper's evaluation did; False keeps float32
+    weights as stored.
     """
     resolved_device = resolve_device(device)
-    resolved_dtype = resolve_dtype(dtype, resolved_device, official_numerics=official_numerics)
+    precision = resolve_precision(dtype, resolved_device, official_numerics=bool(official_numerics))
+    if official_numerics is None:
+        official_numerics = precision == OFFICIAL
+    resolved_dtype = resolve_dtype(precision, resolved_device)
     if str(name_or_path) == TINY_RANDOM:
         from .tiny_random import build_tiny_random
 
-        return build_tiny_random(device=resolved_device, dtype=resolved_dtype, official_numerics=official_numerics)
+        model, tokenizer = build_tiny_random(device=resolved_device, dtype=resolved_dtype, official_numerics=official_numerics)
+    else:
+        model, tokenizer = _load_checkpoint(name_or_path, revision, resolved_device, resolved_dtype, official_numerics)
+    if precision == MIXED:
+        apply_mixed_precision(model)
+    return model, tokenizer
 
+
+def _load_checkpoint(name_or_path, revision, device: torch.device, dtype: torch.dtype, official_numerics: bool):
     directory = resolve_checkpoint_dir(name_or_path, revision)
     config = read_checkpoint_config(directory)
     name, entries = index_checkpoint(directory)
-    weights = _ReadAhead(owned_tensors(iter_checkpoint_tensors(entries), resolved_device, resolved_dtype, official_numerics))
+    weights = _ReadAhead(owned_tensors(iter_checkpoint_tensors(entries), device, dtype, official_numerics))
     try:
-        model, tokenizer = _build_and_fill(directory, config, name, entries, weights, resolved_device, resolved_dtype)
+        model, tokenizer = _build_and_fill(directory, config, name, entries, weights, device, dtype)
     finally:
         weights.close()
     model.official_numerics = official_numerics

@@ -235,18 +235,18 @@ def device_name(device: str) -> str:
         raise UsageError(f"--device {device}: {exc}") from None
 
 
-def compute_dtype(device: str, dtype: str, *, official_numerics: bool = False) -> str:
-    """The dtype name (``float32``, ``bfloat16``, ...) ``--device`` and ``--dtype`` resolve to.
+def compute_dtype(device: str, dtype: str) -> str:
+    """The precision (``float32``, ``bfloat16``, ``float16`` or ``mixed``) ``--device`` and ``--dtype`` resolve to.
 
     Imports torch: ``auto`` depends on the hardware. A combination that cannot run exits 2.
+    float32 always runs the official numerics, whichever command asks for it.
     """
-    from segearth_model.device import resolve_device, resolve_dtype
+    from segearth_model.device import resolve_device, resolve_precision
 
     try:
-        resolved = resolve_dtype(dtype, resolve_device(device), official_numerics=official_numerics)
+        return resolve_precision(dtype, resolve_device(device))
     except ValueError as exc:
         raise UsageError(f"--device {device} --dtype {dtype}: {exc}") from None
-    return str(resolved).replace("torch.", "")
 
 
 @dataclass(frozen=True)
@@ -364,11 +364,11 @@ def _head_cache(network: Any):
 
 
 def load_segmenter(model: str, *, revision: Optional[str], device: str, dtype: str, task: str, quiet: bool,
-                   official_numerics: bool = False, identity: Optional[dict[str, Any]] = None):
+                   identity: Optional[dict[str, Any]] = None):
     """Load the model behind the Segmenter interface; unavailable models exit 4 with a way out.
 
-    ``official_numerics`` reproduces the weight rounding of the paper's evaluation (see
-    ``segearth_model.load_pretrained``). ``identity``, when the caller already resolved it
+    In float32 the model runs the official numerics (the weight rounding of the paper's
+    evaluation, see ``segearth_model.load_pretrained``). ``identity``, when the caller already resolved it
     (a batch pins the revision before loading), is what the segmenter reports. A ``device``
     naming several GPUs gives a :class:`ReplicatedSegmenter` with one copy on each.
     """
@@ -378,29 +378,28 @@ def load_segmenter(model: str, *, revision: Optional[str], device: str, dtype: s
                     "(use it to try the pipeline, not to read the result)")
     elif not quiet:
         log.info("loading model %s%s", model, f" at {revision}" if revision else "")
-    replicas = [_load_one(model, revision=revision, device=name, dtype=dtype, task=task,
-                          official_numerics=official_numerics, identity=identity) for name in devices]
+    replicas = [_load_one(model, revision=revision, device=name, dtype=dtype, task=task, identity=identity)
+                for name in devices]
     if len(replicas) == 1:
         return replicas[0]
     return ReplicatedSegmenter(replicas, {**replicas[0].identity, "device": ",".join(devices)})
 
 
 def _load_one(model: str, *, revision: Optional[str], device: str, dtype: str, task: str,
-              official_numerics: bool, identity: Optional[dict[str, Any]]) -> ModelSegmenter:
+              identity: Optional[dict[str, Any]]) -> ModelSegmenter:
     task = resolve_task(task, model)
-    dtype_name = compute_dtype(device, dtype, official_numerics=official_numerics)
+    precision = compute_dtype(device, dtype)
 
     import segearth_model
 
     try:
-        network, tokenizer = segearth_model.load_pretrained(model, revision=revision, device=device, dtype=dtype,
-                                                            official_numerics=official_numerics)
+        network, tokenizer = segearth_model.load_pretrained(model, revision=revision, device=device, dtype=precision)
     except segearth_model.ModelLoadError as exc:
         # The model package's messages already name the repo or file and how to get it.
         raise ModelUnavailableError(str(exc)) from exc
     predictor = segearth_model.MaskPredictor(network, tokenizer, task=task, name=model, head_cache=_head_cache(network))
     described = dict(identity or {"id": model, "revision": revision or ("built-in" if model == TINY_RANDOM else None)})
-    described.update(dtype=dtype_name, task=task, numerics="official" if official_numerics else "native",
+    described.update(dtype=precision, task=task, numerics="official" if network.official_numerics else "native",
                      device=str(predictor.device))
     return ModelSegmenter(predictor, described)
 

@@ -176,7 +176,7 @@ def test_release_round_trip_gives_equal_weights_and_outputs(tiny, release_dir):
     assert "model.layers.0.self_attn.query_key_value.weight" in stored
     assert not any("q_proj" in key for key in stored)
 
-    loaded, loaded_tokenizer = load_pretrained(release_dir, device="cpu", dtype="fp32")
+    loaded, loaded_tokenizer = load_pretrained(release_dir, device="cpu", dtype="fp32", official_numerics=False)
     assert loaded.config == model.config
     assert not loaded.is_placeholder
     assert_same_state(model, loaded)
@@ -189,7 +189,7 @@ def test_bfloat16_release_stores_rounded_weights(tiny, tmp_path):
     save_release_layout(model, tokenizer, tmp_path, dtype=torch.bfloat16)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["torch_dtype"] == "bfloat16"
-    loaded, _ = load_pretrained(tmp_path, device="cpu", dtype="fp32")
+    loaded, _ = load_pretrained(tmp_path, device="cpu", dtype="fp32", official_numerics=False)
     original = model.state_dict()
     for key, value in loaded.state_dict().items():
         if value.is_floating_point():
@@ -215,12 +215,12 @@ def test_sharded_safetensors(tiny, tmp_path):
     assert len(shards) >= 3 and not (tmp_path / "model.safetensors").exists()
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) == {s.name for s in shards}
-    loaded, _ = load_pretrained(tmp_path, device="cpu", dtype="fp32")
+    loaded, _ = load_pretrained(tmp_path, device="cpu", dtype="fp32", official_numerics=False)
     assert_same_state(model, loaded)
 
     shards[-1].unlink()
     with pytest.raises(CheckpointError, match=shards[-1].name):
-        load_pretrained(tmp_path, device="cpu", dtype="fp32")
+        load_pretrained(tmp_path, device="cpu", dtype="fp32", official_numerics=False)
 
 
 def test_pytorch_bin_is_read_weights_only(tiny, release_dir, tmp_path):
@@ -229,7 +229,7 @@ def test_pytorch_bin_is_read_weights_only(tiny, release_dir, tmp_path):
     state = load_file(str(directory / "model.safetensors"))
     (directory / "model.safetensors").unlink()
     torch.save(state, directory / "pytorch_model.bin")
-    loaded, _ = load_pretrained(directory, device="cpu", dtype="fp32")
+    loaded, _ = load_pretrained(directory, device="cpu", dtype="fp32", official_numerics=False)
     assert_same_state(model, loaded)
 
 
@@ -245,7 +245,7 @@ def test_pytorch_bin_with_code_is_refused(release_dir, tmp_path):
     (directory / "model.safetensors").unlink()
     torch.save({"model.final_layernorm.weight": Payload()}, directory / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="pytorch_model.bin"):
-        load_pretrained(directory, device="cpu", dtype="fp32")
+        load_pretrained(directory, device="cpu", dtype="fp32", official_numerics=False)
 
 
 # --- broken checkpoints --------------------------------------------------------------------
@@ -257,7 +257,7 @@ def test_truncated_safetensors_names_the_file(release_dir, tmp_path):
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) - 1000])
     with pytest.raises(CheckpointError) as info:
-        load_pretrained(directory, device="cpu", dtype="fp32")
+        load_pretrained(directory, device="cpu", dtype="fp32", official_numerics=False)
     message = str(info.value)
     assert str(weights) in message and "truncated" in message and "\n" not in message
 
@@ -266,7 +266,7 @@ def test_garbage_safetensors_names_the_file(release_dir, tmp_path):
     directory = copy_release(release_dir, tmp_path / "garbage")
     (directory / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
     with pytest.raises(CheckpointError, match="model.safetensors"):
-        load_pretrained(directory, device="cpu", dtype="fp32")
+        load_pretrained(directory, device="cpu", dtype="fp32", official_numerics=False)
 
 
 def rewrite_weights(directory: Path, edit) -> Path:
@@ -281,39 +281,39 @@ def test_missing_key_is_named(release_dir, tmp_path):
     directory = copy_release(release_dir, tmp_path / "missing")
     rewrite_weights(directory, lambda s: s.pop("predictor.query_feat.weight"))
     with pytest.raises(CheckpointError, match=r"model\.safetensors: missing key predictor\.query_feat\.weight$"):
-        load_pretrained(directory, device="cpu", dtype="fp32")
+        load_pretrained(directory, device="cpu", dtype="fp32", official_numerics=False)
 
 
 def test_missing_fused_qkv_is_named_by_its_released_name(release_dir, tmp_path):
     directory = copy_release(release_dir, tmp_path / "missing_qkv")
     rewrite_weights(directory, lambda s: s.pop("model.layers.1.self_attn.query_key_value.bias"))
     with pytest.raises(CheckpointError, match=r"missing key model\.layers\.1\.self_attn\.query_key_value\.bias"):
-        load_pretrained(directory, device="cpu", dtype="fp32")
+        load_pretrained(directory, device="cpu", dtype="fp32", official_numerics=False)
 
 
 def test_unexpected_key_is_named(release_dir, tmp_path):
     directory = copy_release(release_dir, tmp_path / "unexpected")
     rewrite_weights(directory, lambda s: s.__setitem__("lm_head.bias", torch.zeros(1002)))
     with pytest.raises(CheckpointError, match=r"unexpected key lm_head\.bias"):
-        load_pretrained(directory, device="cpu", dtype="fp32")
+        load_pretrained(directory, device="cpu", dtype="fp32", official_numerics=False)
 
 
 def test_wrong_shape_is_named_with_both_shapes(release_dir, tmp_path):
     directory = copy_release(release_dir, tmp_path / "shape")
     rewrite_weights(directory, lambda s: s.__setitem__("seg_query", torch.zeros(5, 64)))
     with pytest.raises(CheckpointError, match=r"seg_query: checkpoint has \[5, 64\], model expects \[4, 64\]"):
-        load_pretrained(directory, device="cpu", dtype="fp32")
+        load_pretrained(directory, device="cpu", dtype="fp32", official_numerics=False)
 
 
 def test_missing_config_and_missing_weights(release_dir, tmp_path):
     directory = copy_release(release_dir, tmp_path / "noconfig")
     (directory / "config.json").unlink()
     with pytest.raises(CheckpointError, match="config.json: missing"):
-        load_pretrained(directory, device="cpu", dtype="fp32")
+        load_pretrained(directory, device="cpu", dtype="fp32", official_numerics=False)
     directory = copy_release(release_dir, tmp_path / "noweights")
     (directory / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="no weights found"):
-        load_pretrained(directory, device="cpu", dtype="fp32")
+        load_pretrained(directory, device="cpu", dtype="fp32", official_numerics=False)
 
 
 def test_check_keys_accepts_exactly_the_model_keys(release_dir):
@@ -328,7 +328,7 @@ def test_fixture_checkpoint_loads_with_its_tiny_config(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(hf_config))
     (tmp_path / "model.safetensors").write_bytes(weights_path.read_bytes())
     build_tiny_tokenizer().save_pretrained(str(tmp_path))
-    model, _ = load_pretrained(tmp_path, device="cpu", dtype="fp32")
+    model, _ = load_pretrained(tmp_path, device="cpu", dtype="fp32", official_numerics=False)
     assert model.config.swin == SegEarthR1Config.tiny().swin
     assert model.config.projector == SegEarthR1Config.tiny().projector
     expected = convert_checkpoint_state_dict(load_file(str(weights_path)), model.config)
@@ -372,7 +372,7 @@ def test_cached_snapshot_loads_offline(tiny, release_dir, tmp_path, monkeypatch)
     (cache / "refs" / "main").write_text(commit)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    loaded, _ = load_pretrained("earth-insights/SegEarth-R1-Tiny", device="cpu", dtype="fp32")
+    loaded, _ = load_pretrained("earth-insights/SegEarth-R1-Tiny", device="cpu", dtype="fp32", official_numerics=False)
     assert_same_state(model, loaded)
 
 

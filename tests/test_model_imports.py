@@ -94,6 +94,8 @@ def test_model_package_has_no_import_cycle():
         ("bfloat16", "bfloat16", torch.bfloat16),
         ("fp16", "float16", torch.float16),
         ("float16", "float16", torch.float16),
+        # Mixed precision loads float32 weights, then casts all but the mask heads to bfloat16.
+        ("MIXED", "mixed", torch.float32),
     ],
 )
 def test_dtype_spellings_mean_the_same_with_and_without_torch(spelling, name, dtype):
@@ -109,7 +111,8 @@ def test_every_listed_dtype_spelling_resolves():
 
 @pytest.mark.parametrize("spelling", ["int8", "fp8", "double", ""])
 def test_unknown_dtype_is_refused_the_same_way_everywhere(spelling):
-    with pytest.raises(ValueError, match=r"unknown dtype .*expected auto, float32, bfloat16 or float16") as without_torch:
+    expected = r"unknown dtype .*expected auto, float32 \(fp32\), bfloat16 \(bf16\), float16 \(fp16\) or mixed"
+    with pytest.raises(ValueError, match=expected) as without_torch:
         check_dtype_spelling(spelling)
     with pytest.raises(ValueError) as with_torch:
         resolve_dtype(spelling, torch.device("cpu"))

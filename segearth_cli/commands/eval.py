@@ -58,7 +58,8 @@ def eval_command(
     device: opt.Device = "auto",
     dtype: Annotated[str, typer.Option(
         "--dtype", metavar="DTYPE", rich_help_panel="Model",
-        help="float32 (as the official evaluation, with its weight rounding), bfloat16, float16 or auto.")] = "float32",
+        help="float32/fp32 (as the official evaluation, with its weight rounding), bfloat16/bf16, float16/fp16, mixed "
+             "or auto (float16 on a GPU, float32 otherwise).")] = "float32",
     batch_size: Annotated[int, typer.Option(
         "--batch-size", min=1, metavar="N", rich_help_panel="Model",
         help="Samples per model call, for models that take one question per image in a call; "
@@ -106,10 +107,8 @@ def load_eval_segmenter(model: str, *, task: str, revision: Optional[str], devic
     """
     from ..segmenter import load_segmenter
 
-    # The official evaluation runs in float32 on weights that went bf16 -> fp16 -> fp32;
-    # reproducing its numbers to the last digit needs that rounding too.
-    return load_segmenter(model, revision=revision, device=device, dtype=dtype, task=task, quiet=quiet,
-                          official_numerics=dtype.lower() == "float32")
+    # float32, in any spelling, runs the official evaluation's weight rounding (bf16 -> fp16 -> fp32).
+    return load_segmenter(model, revision=revision, device=device, dtype=dtype, task=task, quiet=quiet)
 
 
 def _percent(value: float) -> str:

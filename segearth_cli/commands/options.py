@@ -83,7 +83,8 @@ Dtype = Annotated[
     typer.Option(
         "--dtype",
         metavar="DTYPE",
-        help="auto, float32, bfloat16 or float16; auto is bfloat16 on a GPU that supports it, float32 otherwise.",
+        help="float32/fp32 (the official numerics), bfloat16/bf16, float16/fp16, mixed (Swin and Phi in bfloat16, "
+             "mask heads in float32) or auto: float16 on a GPU, float32 otherwise.",
         rich_help_panel=_MODEL_PANEL,
     ),
 ]
