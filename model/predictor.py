@@ -98,11 +98,12 @@ class MaskPredictor:
             raise ValueError(f"images must have shape (B, 3, {size}, {size}), got {tuple(images.shape)}")
         return normalize(images.to(self.device), self.model.config).to(self.dtype)
 
-    def predict(self, images: torch.Tensor, questions: Sequence[str]) -> torch.Tensor:
+    def predict(self, images: torch.Tensor, questions: Sequence[str], *, on_device: bool = False) -> torch.Tensor:
         """Mask logits (B, M, S, S) for ``images`` (B, 3, S, S) RGB 0..255 and M questions.
 
         The result is a float32 CPU tensor whatever the model's device and dtype, ready for
-        numpy; a logit above 0 is a foreground pixel.
+        numpy; a logit above 0 is a foreground pixel. ``on_device``: left on the model's
+        device, in float32, for post-processing there.
         """
         # The constructor checked that the tokenizer's [SEG] is the model's.
         question_ids = tokenize_questions(self.tokenizer, questions, self.model.config.seg_token_id)
@@ -114,7 +115,7 @@ class MaskPredictor:
             logits = self.model.mask_logits(
                 features, question_ids, self.prompt, head=self._prompt_head(), max_rows=self.max_rows
             )
-        return logits.float().cpu()
+        return logits.float() if on_device else logits.float().cpu()
 
     def predict_pairs(self, images: torch.Tensor, questions: Sequence[str]) -> torch.Tensor:
         """Mask logits (B, S, S): ``questions[i]`` asked of ``images[i]`` only, all in one pass.

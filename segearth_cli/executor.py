@@ -2,8 +2,9 @@
 
 Reader threads, each with its own handle on the scene (GDAL decodes with the GIL
 released), read windows ahead in plan order; the calling thread groups them into batches;
-one thread per model replica (one per GPU) runs the batches; a writer thread blends the
-answers in plan order and hands every finished row block on. Each hand-over is bounded,
+one thread per model replica (one per GPU) runs the batches and, where footprints are no
+larger than canvases, maps the answers onto them (on the replica's device when it can); a
+writer thread blends the answers in plan order and hands every finished row block on. Each hand-over is bounded,
 so memory depends on the window size, the batch size and the number of replicas, never
 on the scene; and answers are blended in plan order whatever finished first, so the
 outputs are the same for any number of readers or replicas.
@@ -23,7 +24,7 @@ from typing import Callable, ContextManager, Iterator, Optional, Sequence
 
 import numpy as np
 
-from .stitch import RowBlock, Stitcher, window_logits
+from .stitch import RowBlock, Stitcher, footprint_probabilities, window_logits
 from .windows import Window, WindowPlan
 
 #: Reader threads when the caller does not say: one per core, up to this many.
@@ -57,12 +58,19 @@ class ReadWindow:
 @dataclass
 class _Batch:
     """Consecutive windows of the plan with their validity (None: no valid pixel); ``canvases``
-    stacks the canvases of those with valid pixels (None if none)."""
+    stacks the canvases of those with valid pixels (None if none).
+
+    ``answers``: per window with valid pixels, its canvas logits (M, S, S), or its
+    probabilities over its footprint when the stitcher takes those.
+    """
 
     windows: list[tuple[Window, Optional[np.ndarray]]]
     canvases: Optional[np.ndarray]
-    logits: Optional[np.ndarray] = None
+    answers: Optional[Sequence[np.ndarray]] = None
     done: bool = False
+
+    def answered_windows(self) -> list[Window]:
+        return [window for window, valid in self.windows if valid is not None]
 
 
 class _Stopped(Exception):
@@ -172,9 +180,11 @@ def _batches(reads: Iterator[ReadWindow], batch_size: int) -> Iterator[list[Read
 class _Replicas:
     """One thread per model replica, each taking the oldest batch not yet taken."""
 
-    def __init__(self, replicas: Sequence, questions: Sequence[str], input_size: int, shared: _Shared, clock: Clock):
+    def __init__(self, replicas: Sequence, questions: Sequence[str], input_size: int, footprints: bool,
+                 shared: _Shared, clock: Clock):
         self._questions = list(questions)
         self._input_size = input_size
+        self._footprints = footprints
         self._shared = shared
         self._clock = clock
         self._queue: deque[_Batch] = deque()
@@ -197,12 +207,16 @@ class _Replicas:
                 if not self._queue:
                     return
                 batch = self._queue.popleft()
-            logits = None
+            answers = None
             if batch.canvases is not None:
                 with self._clock("model"):
-                    logits = window_logits(replica, batch.canvases, self._questions, self._input_size)
+                    if self._footprints:
+                        answers = footprint_probabilities(replica, batch.canvases, self._questions,
+                                                          batch.answered_windows(), self._input_size)
+                    else:
+                        answers = window_logits(replica, batch.canvases, self._questions, self._input_size)
             with self._shared.condition:
-                batch.logits = logits
+                batch.answers = answers
                 batch.done = True
                 self._shared.condition.notify_all()
 
@@ -242,7 +256,11 @@ class _Writer:
             if valid is None:
                 self._emit(self._stitcher.skip(window))
             else:
-                self._emit(self._stitcher.add(window, batch.logits[position], valid))
+                answer = batch.answers[position]
+                if self._stitcher.takes_probabilities:
+                    self._emit(self._stitcher.add_probabilities(window, answer, valid))
+                else:
+                    self._emit(self._stitcher.add(window, answer, valid))
                 position += 1
             if self._on_window is not None:
                 self._on_window(window, valid is not None)
@@ -287,7 +305,7 @@ def run_plan(
     stitcher = Stitcher(plan, len(questions))
     # Enough windows ahead to fill the next batch of every replica while the current ones run.
     readers = _Readers(reader, plan.windows, workers, workers + batch_size * len(replicas), shared, clock)
-    models = _Replicas(replicas, questions, plan.input_size, shared, clock)
+    models = _Replicas(replicas, questions, plan.input_size, stitcher.takes_probabilities, shared, clock)
     writer = _Writer(stitcher, write, on_window, shared, clock)
     # One batch in each replica and the one being blended; the next ones wait as reads, which
     # are smaller than logits and are stacked in no time.

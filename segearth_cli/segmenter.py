@@ -13,11 +13,14 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from .errors import ModelUnavailableError, UsageError
+
+if TYPE_CHECKING:
+    from .windows import Window
 
 #: The official canvas geometry (long side to the model size, centre zero padding) lives with
 #: the model, which was trained on it; the pipeline reaches it through these names, imported
@@ -49,6 +52,24 @@ class Segmenter(Protocol):
 
     def segment_pairs(self, windows: np.ndarray, questions: Sequence[str]) -> np.ndarray:
         """One question per window (``len(questions) == B``): float32 logits ``(B, S, S)``."""
+        ...
+
+
+class FootprintSegmenter(Segmenter, Protocol):
+    """A segmenter that also maps its answers back where it computes them (a GPU, say).
+
+    The pipeline asks for this when a window's footprint is no larger than its canvas; a
+    segmenter without it gets :func:`~segearth_cli.stitch.window_probabilities` on the host.
+    """
+
+    def segment_footprints(self, windows: np.ndarray, questions: Sequence[str],
+                           footprints: Sequence["Window"]) -> list[np.ndarray]:
+        """For each window, float32 probabilities ``(M, height, width)`` over its footprint.
+
+        The official original-size rule: the logits cut to the window's destination
+        rectangle, resized bilinearly (``align_corners=False``) to the footprint, then the
+        sigmoid.
+        """
         ...
 
 
@@ -140,6 +161,35 @@ class ModelSegmenter:
     def segment(self, windows: np.ndarray, questions: Sequence[str]) -> np.ndarray:
         return self._run(self.predictor.predict, windows, questions)
 
+    def segment_footprints(self, windows: np.ndarray, questions: Sequence[str],
+                           footprints: Sequence["Window"]) -> list[np.ndarray]:
+        """See :class:`FootprintSegmenter`; resizing and the sigmoid run on the model's device.
+
+        On a GPU that leaves the host only the blend: a full window's sigmoid alone costs
+        milliseconds of CPU, as much as the card's whole answer.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        if len(footprints) != len(windows):
+            raise ValueError(f"{len(windows)} windows but {len(footprints)} footprints")
+        images = self._to_device(windows)
+        size = self.input_size
+        with torch.inference_mode():
+            logits = self.predictor.predict(images, list(questions), on_device=True)
+            if tuple(logits.shape) != (len(windows), len(questions), size, size):
+                raise RuntimeError(f"segmenter {self.name} returned logits of shape {tuple(logits.shape)}, "
+                                   f"expected {(len(windows), len(questions), size, size)}")
+            answers = []
+            for planes, window in zip(logits, footprints):
+                rows, cols = window.dst_slices
+                planes = planes[:, rows, cols]
+                if not window.native:
+                    planes = F.interpolate(planes[None], size=(window.height, window.width), mode="bilinear",
+                                           align_corners=False)[0]
+                answers.append(torch.sigmoid(planes))
+            return [answer.cpu().numpy() for answer in answers]
+
     def segment_pairs(self, windows: np.ndarray, questions: Sequence[str]) -> np.ndarray:
         if len(questions) != len(windows):
             raise ValueError(f"{len(windows)} windows but {len(questions)} questions")
@@ -148,13 +198,19 @@ class ModelSegmenter:
     def _run(self, call, windows: np.ndarray, questions: Sequence[str]) -> np.ndarray:
         import torch
 
+        images = self._to_device(windows)
+        with torch.inference_mode():
+            logits = call(images, list(questions))
+        return logits.detach().to(device="cpu", dtype=torch.float32).numpy()
+
+    def _to_device(self, windows: np.ndarray):
+        import torch
+
         images = torch.from_numpy(np.ascontiguousarray(windows))
         device = self.predictor.device
         if device.type == "cuda":
             images = self._staged(images).to(device, non_blocking=True)
-        with torch.inference_mode():
-            logits = call(images, list(questions))
-        return logits.detach().to(device="cpu", dtype=torch.float32).numpy()
+        return images
 
     def _staged(self, images):
         """``images`` copied into the page-locked buffer, grown to the largest batch seen.

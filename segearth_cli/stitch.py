@@ -144,6 +144,10 @@ class Stitcher:
         self._next = 0  # index in plan of the next window expected
         self._released = 0  # rows [0, _released) have been handed out
         self._pending: Optional[Iterator[RowBlock]] = None
+        #: Whether windows may arrive as probabilities over their footprint
+        #: (:meth:`add_probabilities`): only when no footprint outgrows its canvas, so such an
+        #: answer is never larger than the logits it replaces.
+        self.takes_probabilities = plan.footprint <= plan.input_size
         # A single window is the only contributor to every row it covers: its rows can be
         # mapped and released strip by strip, so whole mode on a huge scene stays bounded.
         if len(plan) == 1:
@@ -160,12 +164,35 @@ class Stitcher:
             raise ValueError(f"logits have shape {logits.shape}, expected {expected}")
         if valid.shape != expected[1:]:
             raise ValueError(f"valid has shape {valid.shape}, expected {expected[1:]}")
+        if self.takes_probabilities:
+            return self.add_probabilities(window, window_probabilities(logits, window), valid)
         self._take(window)
         rows, cols = window.dst_slices
         planes, canvas_valid = np.asarray(logits[:, rows, cols], dtype=np.float32), valid[rows, cols]
         if self._blend is None:
-            return self._hold(self._release_single(window, (planes, canvas_valid)))
+            return self._hold(self._release_single(window, (planes, canvas_valid), mapped=False))
         self._blend.add(window, planes, canvas_valid)
+        return self._after_window()
+
+    def add_probabilities(self, window: Window, probabilities: np.ndarray, valid: np.ndarray) -> Iterator[RowBlock]:
+        """Blend one window's answer already mapped onto its footprint (:func:`window_probabilities`).
+
+        ``probabilities``: float32 (M, height, width); the stitcher may overwrite it.
+        ``valid``: the canvas validity (S, S). Only when :attr:`takes_probabilities`.
+        """
+        if not self.takes_probabilities:
+            raise RuntimeError("this plan's footprints outgrow the canvas: add logits instead")
+        expected = (self.num_questions, window.height, window.width)
+        if probabilities.shape != expected:
+            raise ValueError(f"probabilities have shape {probabilities.shape}, expected {expected}")
+        if valid.shape != (window.size, window.size):
+            raise ValueError(f"valid has shape {valid.shape}, expected {(window.size, window.size)}")
+        self._take(window)
+        rows, cols = window.dst_slices
+        probabilities, canvas_valid = np.asarray(probabilities, dtype=np.float32), valid[rows, cols]
+        if self._blend is None:
+            return self._hold(self._release_single(window, (probabilities, canvas_valid), mapped=True))
+        self._blend.add(window, probabilities, canvas_valid)
         return self._after_window()
 
     def skip(self, window: Window) -> Iterator[RowBlock]:
@@ -223,8 +250,12 @@ class Stitcher:
         if self._blend is not None:
             self._blend.slide(upto)
 
-    def _release_single(self, window: Window, data) -> Iterator[RowBlock]:
-        """Map the only window back strip by strip; rows outside it are uncovered."""
+    def _release_single(self, window: Window, data, mapped: bool = False) -> Iterator[RowBlock]:
+        """Map the only window back strip by strip; rows outside it are uncovered.
+
+        ``data``: (planes, canvas validity), planes being canvas logits, or probabilities
+        over the footprint when ``mapped``.
+        """
         if data is not None:
             planes, canvas_valid = data
             row_map, col_map = _AxisMap(window.dst_height, window.height), _AxisMap(window.dst_width, window.width)
@@ -238,11 +269,14 @@ class Stitcher:
                 cols = slice(window.col_off, window.col_off + window.width)
                 out_rows = slice(lo - start, hi - start)
                 if window.native:
-                    strip, strip_valid = planes[:, rows], canvas_valid[rows]
+                    strip_valid = canvas_valid[rows]
                 else:
-                    strip = _resample(planes, row_map, col_map, rows)
                     strip_valid = canvas_valid[row_map.nearest[rows][:, None], col_map.nearest[None, :]]
-                block.probabilities[:, out_rows, cols] = np.where(strip_valid, sigmoid(strip), 0.0)
+                if mapped:
+                    strip = planes[:, rows]
+                else:
+                    strip = sigmoid(planes[:, rows] if window.native else _resample(planes, row_map, col_map, rows))
+                block.probabilities[:, out_rows, cols] = np.where(strip_valid, strip, 0.0)
                 block.valid[out_rows, cols] = strip_valid
             self._released = stop
             yield block
@@ -273,10 +307,10 @@ class _WindowBlend:
         self._divisor = np.empty((min(block_rows, self.rows), self.width), dtype=np.float32)
         self._weights_cache: dict = {}
         self._axis_cache: dict = {}
-        self._scratch_buffer: Optional[np.ndarray] = None
 
-    def add(self, window: Window, planes: np.ndarray, canvas_valid: np.ndarray) -> None:
-        """Add a window's cropped logits (M, dst_h, dst_w) as probabilities, weighted, onto its source rectangle."""
+    def add(self, window: Window, probabilities: np.ndarray, canvas_valid: np.ndarray) -> None:
+        """Add a window's probabilities over its footprint (M, height, width), weighted, onto its
+        source rectangle; ``probabilities`` is overwritten."""
         row_map, col_map = self._axis_maps(window)
         if window.native:
             source_valid = canvas_valid
@@ -288,19 +322,8 @@ class _WindowBlend:
         r0 = window.row_off - self._base
         r1 = r0 + window.height
         c0, c1 = window.col_off, window.col_off + window.width
-        acc = self._acc[:, r0:r1, c0:c1]
-        if window.native:
-            product = sigmoid(planes, out=self._scratch(window.height, window.width))
-            product *= weight
-            acc += product
-        else:
-            # Strips keep the temporary of a large footprint small.
-            step = max(1, (1 << 22) // max(1, window.width * self.num_questions))
-            for s0 in range(0, window.height, step):
-                s1 = min(window.height, s0 + step)
-                strip = sigmoid(_resample(planes, row_map, col_map, slice(s0, s1)))
-                strip *= weight[s0:s1]
-                acc[:, s0:s1] += strip
+        probabilities *= weight
+        self._acc[:, r0:r1, c0:c1] += probabilities
         self._wsum[r0:r1, c0:c1] += weight
 
     def take_rows(self, start: int, stop: int) -> RowBlock:
@@ -342,13 +365,6 @@ class _WindowBlend:
             self._acc[:, tail:] = 0
             self._wsum[tail:] = 0
         self._base = new_base
-
-    def _scratch(self, height: int, width: int) -> np.ndarray:
-        # Reused between windows: a fresh multi-megabyte temporary per window costs page faults.
-        shape = (self.num_questions, height, width)
-        if self._scratch_buffer is None or any(a < b for a, b in zip(self._scratch_buffer.shape, shape)):
-            self._scratch_buffer = np.empty(shape, dtype=np.float32)
-        return self._scratch_buffer[:, :height, :width]
 
     def _axis_maps(self, window: Window) -> tuple[_AxisMap, _AxisMap]:
         key = (window.dst_height, window.height, window.dst_width, window.width)
@@ -460,3 +476,39 @@ def window_logits(segmenter, canvases: np.ndarray, questions: Sequence[str], inp
     if tuple(logits.shape) != expected:
         raise RuntimeError(f"segmenter {segmenter.name} returned logits of shape {logits.shape}, expected {expected}")
     return logits
+
+
+def window_probabilities(logits: np.ndarray, window: Window) -> np.ndarray:
+    """A window's canvas logits (M, S, S) as float32 probabilities (M, height, width) over its footprint.
+
+    Cut to the destination rectangle, mapped by :func:`logits_to_footprint` when the window
+    is resampled, then the sigmoid: the official original-size rule, on the host.
+    """
+    rows, cols = window.dst_slices
+    planes = np.asarray(logits[:, rows, cols], dtype=np.float32)
+    if not window.native:
+        mapped = logits_to_footprint(planes, window.height, window.width)
+        return sigmoid(mapped, out=mapped)
+    return sigmoid(planes)
+
+
+def footprint_probabilities(segmenter, canvases: np.ndarray, questions: Sequence[str],
+                            windows: Sequence[Window], input_size: int) -> list[np.ndarray]:
+    """Each window's answer as probabilities over its footprint (see :func:`window_probabilities`).
+
+    A segmenter that maps answers back where it computes them (``segment_footprints``, a
+    GPU's) does so there; any other answers with logits, mapped here.
+    """
+    own = getattr(segmenter, "segment_footprints", None)
+    if own is None:
+        logits = window_logits(segmenter, canvases, questions, input_size)
+        return [window_probabilities(planes, window) for planes, window in zip(logits, windows)]
+    answers = own(canvases, questions, windows)
+    if len(answers) != len(windows):
+        raise RuntimeError(f"segmenter {segmenter.name} answered {len(answers)} of {len(windows)} windows")
+    for answer, window in zip(answers, windows):
+        expected = (len(questions), window.height, window.width)
+        if tuple(answer.shape) != expected:
+            raise RuntimeError(f"segmenter {segmenter.name} returned probabilities of shape {answer.shape}, "
+                               f"expected {expected}")
+    return answers

@@ -26,7 +26,8 @@ from segearth_cli.query import OutputTarget, QueryOptions, run_query
 from segearth_cli.scene import SceneReader, open_scene
 from segearth_cli.segmenter import PixelFunctionSegmenter, ReplicatedSegmenter
 from sequential_run import stream_row_blocks
-from segearth_cli.windows import plan_windows
+from segearth_cli.stitch import window_probabilities
+from segearth_cli.windows import Window, plan_windows
 
 INPUT = 64
 WINDOW = 80  # source pixels per window: every window is resampled into the 64 px canvas
@@ -120,6 +121,72 @@ def test_query_outputs_do_not_depend_on_workers_or_copies(scene, tmp_path):
             written.append(ds.read())
     np.testing.assert_array_equal(written[0], written[1])
     np.testing.assert_array_equal(written[0], written[2])
+
+
+class FootprintStandIn(CountingStandIn):
+    """The stand-in, also mapping its answers onto footprints itself, as a GPU segmenter does."""
+
+    def __init__(self):
+        super().__init__()
+        self.footprint_calls = 0
+
+    def segment_footprints(self, windows, questions, footprints):
+        self.footprint_calls += 1
+        logits = self.segment(windows, questions)
+        return [window_probabilities(planes, window) for planes, window in zip(logits, footprints)]
+
+
+@pytest.mark.parametrize("window, maps_on_device", [(48, True), (64, True), (WINDOW, False)])
+def test_answers_are_mapped_by_the_model_where_footprints_fit_the_canvas(scene, window, maps_on_device):
+    """Footprints no larger than the canvas are mapped beside the model; the answer does not change."""
+    questions = ["one", "two"]
+    with open_scene(scene) as reader:
+        plan = plan_windows(reader.scene, "tiled", INPUT, window=window)
+        expected = list(stream_row_blocks(reader, plan, CountingStandIn(), questions, batch_size=3))
+        model, blocks = FootprintStandIn(), []
+        run_plan(reader, plan, model, questions, blocks.append, batch_size=3, workers=2)
+    assert (model.footprint_calls > 0) == maps_on_device
+    assert len(blocks) == len(expected)
+    for got, want in zip(blocks, expected):
+        np.testing.assert_array_equal(got.valid, want.valid)
+        np.testing.assert_array_equal(got.probabilities, want.probabilities)
+
+
+def test_a_segmenter_mapping_to_the_wrong_shape_is_refused(scene):
+    class Broken(FootprintStandIn):
+        def segment_footprints(self, windows, questions, footprints):
+            return [answer[:, 1:] for answer in super().segment_footprints(windows, questions, footprints)]
+
+    with open_scene(scene) as reader:
+        plan = plan_windows(reader.scene, "tiled", INPUT, window=48)
+        with pytest.raises(RuntimeError, match="probabilities of shape"):
+            run_plan(reader, plan, Broken(), ["q"], lambda block: None, batch_size=2, workers=1)
+    assert pipeline_threads() == []
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return segmenter_module.load_segmenter("tiny-random", revision=None, device="cpu", dtype="float32",
+                                           task="auto", quiet=True)
+
+
+def test_the_model_maps_its_answers_as_the_host_does(tiny_model):
+    """Cut, bilinear resize and sigmoid with torch give the host's probabilities, to rounding."""
+    size = tiny_model.input_size
+    rng = np.random.default_rng(7)
+    canvases = rng.integers(0, 256, (3, 3, size, size), dtype=np.uint8)
+    footprints = [
+        Window(0, 0, size, size, 1.0, size, 0, 0, size, size),  # native
+        Window(0, 0, 300, 200, size / 300, size, 0, 44, size, 170),  # shrunk into the canvas, padded
+        Window(0, 0, 90, 120, 2.0, size, 8, 16, 180, 240),  # enlarged into the canvas
+    ]
+    logits = tiny_model.segment(canvases, ["a", "b"])
+    answers = tiny_model.segment_footprints(canvases, ["a", "b"], footprints)
+    for logit_planes, answer, window in zip(logits, answers, footprints):
+        expected = window_probabilities(logit_planes, window)
+        assert answer.dtype == np.float32 and answer.shape == (2, window.height, window.width)
+        assert np.ptp(expected) > 0.01, "a flat answer would make the comparison vacuous"
+        np.testing.assert_allclose(answer, expected, rtol=0, atol=2e-6)
 
 
 def test_workers_below_one_is_a_usage_error(scene, tmp_path):
