@@ -372,7 +372,7 @@ def _check_crs_for_vectors(scene, scene_path, vectors: Sequence[OutputTarget], g
     from .outputs.vectors import area_problem, wgs84_problem
 
     crs_name = _crs_name(scene.crs)
-    problem = wgs84_problem(scene.crs) if geojson else None
+    problem = wgs84_problem(scene) if geojson else None
     if problem is not None:
         raise UsageError(
             f"{geojson[0].path}: GeoJSON is WGS 84 lon/lat, but PROJ cannot transform the CRS of {scene_path} "

@@ -142,7 +142,10 @@ def test_logits_come_back_as_torch_bilinear_interpolation_computes_them(shape, s
                                                align_corners=False)[0].numpy()
     mapped = logits_to_footprint(logits, *size)
     assert mapped.shape == expected.shape and mapped.dtype == np.float32
-    np.testing.assert_allclose(mapped, expected, rtol=0, atol=1e-5)
+    # torch releases round the source coordinates differently: on this noise (neighbouring
+    # logits differ by about 5) 2.13 agrees within 1e-5 everywhere, 2.6 within 5.2e-4 when
+    # enlarging 333 -> 1800 rows, a thousandth of a pixel.
+    np.testing.assert_allclose(mapped, expected, rtol=0, atol=1e-3)
     rows = slice(size[0] // 3, size[0] // 2 + 1)
     np.testing.assert_array_equal(logits_to_footprint(logits, *size, rows=rows), mapped[:, rows])
 

@@ -64,7 +64,7 @@ class _ReportWriter:
 
 
 def batch_command(
-    jobs: Annotated[Path, typer.Argument(metavar="JOBS", show_default=False,
+    jobs: Annotated[Path, typer.Argument(metavar="JOBS", parser=opt.file_name, show_default=False,
                                          help="CSV with the header scene,question,output, or JSON Lines with those keys.")],
     model: opt.Model = opt.DEFAULT_MODEL,
     revision: opt.Revision = None,
@@ -93,7 +93,8 @@ def batch_command(
                                         rich_help_panel="Batch")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for outputs another run is writing instead of skipping "
                                        "them.", rich_help_panel="Batch")] = False,
-    report: Annotated[Optional[Path], typer.Option("--report", metavar="FILE", show_default=False,
+    report: Annotated[Optional[Path], typer.Option("--report", metavar="FILE", parser=opt.file_name,
+                                                   show_default=False,
                                                    help="Write the JSON Lines report (one object per job) to FILE.",
                                                    rich_help_panel="Batch")] = None,
     json_report: Annotated[bool, typer.Option("--json", help="Write the JSON Lines report to stdout.",

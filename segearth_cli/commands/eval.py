@@ -31,7 +31,7 @@ class SplitName(str, Enum):
 
 def eval_command(
     data_root: Annotated[Path, typer.Argument(
-        metavar="DATA_ROOT", show_default=False,
+        metavar="DATA_ROOT", show_default=False, parser=opt.file_name,
         help="Folder holding the data set: the split folders (EarthReason), output_phrase_<split>.txt with "
              "images/ and masks/ (RefSegRS), or rrsisd/ with images/rrsisd/JPEGImages (RRSIS-D). The official "
              "data_path/ with rs_reason_seg/ and rs_ref_seg/ works too.")],
@@ -49,10 +49,10 @@ def eval_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print the scores as one JSON object on stdout.",
                                            rich_help_panel="Reporting")] = False,
     per_sample: Annotated[Optional[Path], typer.Option(
-        "--per-sample", metavar="FILE.csv", show_default=False, rich_help_panel="Reporting",
+        "--per-sample", metavar="FILE.csv", parser=opt.file_name, show_default=False, rich_help_panel="Reporting",
         help="Write one CSV row per sample: intersection, union and IoU under both protocols.")] = None,
     save_predictions: Annotated[Optional[Path], typer.Option(
-        "--save-predictions", metavar="DIR", show_default=False, rich_help_panel="Reporting",
+        "--save-predictions", metavar="DIR", parser=opt.file_name, show_default=False, rich_help_panel="Reporting",
         help="Write each predicted mask as DIR/<image name>.png (0/255) on the padded square canvas the "
              "official protocol scores.")] = None,
     device: opt.Device = "auto",

@@ -21,6 +21,15 @@ if TYPE_CHECKING:  # the pipeline is imported only when a command runs, to keep 
 
 DEFAULT_MODEL = "earth-insights/SegEarth-R1-EarthReason"
 
+
+def file_name(text: str) -> Path:
+    """A path argument as typed. Parsed here rather than by the option library, whose older
+    releases stat the path and crash on a NUL byte instead of refusing it."""
+    if "\0" in text:
+        raise typer.BadParameter("a file name cannot contain a NUL byte")
+    return Path(text)
+
+
 _MODEL_PANEL = "Model"
 _WINDOW_PANEL = "Windows"
 _ANSWER_PANEL = "Answer"
@@ -195,7 +204,7 @@ PixelCoordinates = Annotated[
 Outputs = Annotated[
     list[Path],
     typer.Option(
-        "--output", "-o", metavar="OUT",
+        "--output", "-o", metavar="OUT", parser=file_name,
         help="Output file; its extension sets the kind: .tif/.tiff mask GeoTIFF, .gpkg GeoPackage, "
         ".geojson/.json GeoJSON (EPSG:4326), .png quicklook. Repeat for several.",
         show_default=False,

@@ -291,13 +291,32 @@ def _dissolve(group: _Group):
     return shapely.simplify(merged, 0.0, preserve_topology=True)
 
 
-def wgs84_problem(crs) -> Optional[str]:
-    """Why PROJ cannot take ``crs`` to WGS 84 lon/lat (another body, an unsupported projection), or None."""
+def wgs84_problem(scene) -> Optional[str]:
+    """Why PROJ cannot take the scene's CRS to WGS 84 lon/lat (another body, an unsupported
+    projection), or None."""
     try:
-        pyproj.Transformer.from_crs(_pyproj_crs(crs), "EPSG:4326", always_xy=True)
+        to_wgs84 = pyproj.Transformer.from_crs(_pyproj_crs(scene.crs), "EPSG:4326", always_xy=True)
+        _transform_centre(to_wgs84, scene_transform(scene), scene.width, scene.height)
     except (pyproj.exceptions.ProjError, pyproj.exceptions.CRSError) as error:
         return first_line(error)
     return None
+
+
+def scene_transform(scene) -> Affine:
+    return Affine(*tuple(scene.transform)[:6])
+
+
+def _transform_centre(transformer: pyproj.Transformer, transform: Affine, width: int, height: int) -> tuple[float, float]:
+    """The scene centre through ``transformer``; ProjError when PROJ has no finite answer.
+
+    Older PROJ releases accept a transformation they cannot compute and fail only when it
+    is used, so creating the transformer proves nothing.
+    """
+    x, y = transform @ (width / 2.0, height / 2.0)
+    out_x, out_y = transformer.transform(x, y, errcheck=True)
+    if not (math.isfinite(out_x) and math.isfinite(out_y)):
+        raise pyproj.exceptions.ProjError("the transformation gives no coordinates for the scene's centre")
+    return out_x, out_y
 
 
 def area_problem(scene) -> Optional[str]:
@@ -307,7 +326,7 @@ def area_problem(scene) -> Optional[str]:
     whose projection PROJ cannot invert does not.
     """
     try:
-        _Geodesy(scene.crs, Affine(*tuple(scene.transform)[:6]), scene.width, scene.height)
+        _Geodesy(scene.crs, scene_transform(scene), scene.width, scene.height)
     except (pyproj.exceptions.ProjError, pyproj.exceptions.CRSError) as error:
         return first_line(error)
     return None
@@ -327,10 +346,9 @@ class _Geodesy:
             self.geod = geodetic.get_geod() or pyproj.Geod(ellps="WGS84")
             self.to_lonlat = pyproj.Transformer.from_crs(self.crs, geodetic, always_xy=True)
             self.from_lonlat = pyproj.Transformer.from_crs(geodetic, self.crs, always_xy=True)
+            lon, lat = _transform_centre(self.to_lonlat, transform, width, height)
         if self.crs.is_projected and self.to_lonlat is not None:
-            centre_x, centre_y = transform @ (width / 2.0, height / 2.0)
             try:
-                lon, lat = self.to_lonlat.transform(centre_x, centre_y, errcheck=True)
                 scale = pyproj.Proj(self.crs).get_factors(lon, lat, errcheck=True).areal_scale
                 if math.isfinite(scale) and abs(scale - 1.0) > PLANAR_AREA_TOLERANCE:
                     self.geodesic = True
