@@ -163,32 +163,30 @@ class ModelSegmenter:
 
     def segment_footprints(self, windows: np.ndarray, questions: Sequence[str],
                            footprints: Sequence["Window"]) -> list[np.ndarray]:
-        """See :class:`FootprintSegmenter`; resizing and the sigmoid run on the model's device.
+        """See :class:`FootprintSegmenter`; on a GPU, resizing and the sigmoid run there.
 
-        On a GPU that leaves the host only the blend: a full window's sigmoid alone costs
-        milliseconds of CPU, as much as the card's whole answer.
+        There they leave the host only the blend: a full window's sigmoid alone costs
+        milliseconds of CPU, as much as the card's whole answer. On a CPU the host's own
+        mapping is used: the same cores would do the work, and CPU answers stay bit for bit
+        those of any other segmenter handing over logits.
         """
-        import torch
-        import torch.nn.functional as F
+        from .stitch import window_probabilities
 
         if len(footprints) != len(windows):
             raise ValueError(f"{len(windows)} windows but {len(footprints)} footprints")
+        if self.predictor.device.type == "cpu":
+            logits = self.segment(windows, questions)
+            return [window_probabilities(planes, window) for planes, window in zip(logits, footprints)]
+        import torch
+
         images = self._to_device(windows)
-        size = self.input_size
         with torch.inference_mode():
             logits = self.predictor.predict(images, list(questions), on_device=True)
+            size = self.input_size
             if tuple(logits.shape) != (len(windows), len(questions), size, size):
                 raise RuntimeError(f"segmenter {self.name} returned logits of shape {tuple(logits.shape)}, "
                                    f"expected {(len(windows), len(questions), size, size)}")
-            answers = []
-            for planes, window in zip(logits, footprints):
-                rows, cols = window.dst_slices
-                planes = planes[:, rows, cols]
-                if not window.native:
-                    planes = F.interpolate(planes[None], size=(window.height, window.width), mode="bilinear",
-                                           align_corners=False)[0]
-                answers.append(torch.sigmoid(planes))
-            return [answer.cpu().numpy() for answer in answers]
+            return map_on_device(logits, footprints)
 
     def segment_pairs(self, windows: np.ndarray, questions: Sequence[str]) -> np.ndarray:
         if len(questions) != len(windows):
@@ -224,6 +222,23 @@ class ModelSegmenter:
         staged = staging[: images.shape[0]]
         staged.copy_(images)
         return staged
+
+
+def map_on_device(logits, footprints: Sequence["Window"]) -> list[np.ndarray]:
+    """Float32 probabilities over each window's footprint from canvas logits (B, M, S, S), a
+    torch tensor on any device: :func:`~segearth_cli.stitch.window_probabilities` in torch."""
+    import torch
+    import torch.nn.functional as F
+
+    answers = []
+    for planes, window in zip(logits, footprints):
+        rows, cols = window.dst_slices
+        planes = planes[:, rows, cols].float()
+        if not window.native:
+            planes = F.interpolate(planes[None], size=(window.height, window.width), mode="bilinear",
+                                   align_corners=False)[0]
+        answers.append(torch.sigmoid(planes))
+    return [answer.cpu().numpy() for answer in answers]
 
 
 # --------------------------------------------------------------------------- the hub, without torch
