@@ -4,8 +4,11 @@ A *job file* lists rows ``scene, question, output`` (CSV with that header, or JS
 with those keys). Rows with the same scene and question form one *job*, whose outputs are
 all the rows' outputs. Jobs that share a scene are computed by one :func:`run_query` call,
 so each window of the scene is read and encoded once whatever the number of questions.
-:func:`run_batch` hands each such scene group to :func:`run_scene_group`, which takes plain
-data and a function returning the segmenter, so another engine can run groups elsewhere.
+:func:`run_scene_group` computes one such scene group from plain data and a function
+returning the segmenter, so another engine can run groups elsewhere. :func:`run_batch`, the
+local engine, does the same work group after group, one group ahead: while a scene's windows
+are in the model, the next group's records are checked, its outputs locked, its scene opened
+and its first windows read, so the model finds them ready.
 
 The idempotency record
 ----------------------
@@ -564,9 +567,12 @@ def _prepare_ahead(scene: Path, jobs: list[Job], settings: BatchSettings,
     input_size = _known_input_size(settings, get_segmenter)
     if input_size is None:
         return None
-    # Never wait for a lock while holding the current scene's: two runs, each holding the
-    # outputs the other waits for, would wait for ever.
-    group = _SceneGroup.prepare(scene, jobs, settings, wait=False)
+    try:
+        # Never wait for a lock while holding the current scene's: two runs, each holding the
+        # outputs the other waits for, would wait for ever.
+        group = _SceneGroup.prepare(scene, jobs, settings, wait=False)
+    except Exception:  # noqa: BLE001 - met again at the group's turn, never in the current scene's
+        return None
     try:
         if settings.wait and group.met_busy_lock:
             group.close()
