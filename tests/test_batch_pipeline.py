@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from segearth_cli.query import QueryOptions
 from segearth_cli.scene import SceneReader
 from segearth_cli.segmenter import PixelFunctionSegmenter
 from test_batch import damaged_scene, leftovers, write_jobs_csv
+from test_interrupt import wait_until
 
 INPUT = 64
 QUESTIONS = ("where are the buildings?", "where is the water?")
@@ -260,17 +260,8 @@ def test_ctrl_c_while_the_next_scene_is_read_ahead_leaves_nothing_behind(tmp_pat
          "cpu", "--mode", "tiled", "--window", "32", "--batch-size", "1", "--workers", "2", "--report", str(report)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 240
-    while not (report.is_file() and report.read_text().endswith("\n")):
-        if process.poll() is not None:
-            pytest.fail(f"the batch ended before it could be interrupted: {process.communicate()[1]}")
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("the first scene never finished")
-        time.sleep(0.05)
-    # The second scene is in the model now, and the third one's first windows are read.
-    time.sleep(1.5)
-    assert process.poll() is None, "the batch finished before the signal; it needs more windows"
+    # Once the first scene is done, the second one is in the model and the third one is read ahead.
+    wait_until(process, lambda: report.is_file() and report.read_text().endswith("\n"), "the end of the first scene")
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
