@@ -4,8 +4,11 @@ A *job file* lists rows ``scene, question, output`` (CSV with that header, or JS
 with those keys). Rows with the same scene and question form one *job*, whose outputs are
 all the rows' outputs. Jobs that share a scene are computed by one :func:`run_query` call,
 so each window of the scene is read and encoded once whatever the number of questions.
-:func:`run_batch` hands each such scene group to :func:`run_scene_group`, which takes plain
-data and a function returning the segmenter, so another engine can run groups elsewhere.
+:func:`run_scene_group` computes one such scene group from plain data and a function
+returning the segmenter, so another engine can run groups elsewhere. :func:`run_batch`, the
+local engine, does the same work group after group, one group ahead: while a scene's windows
+are in the model, the next group's records are checked, its outputs locked, its scene opened
+and its first windows read, so the model finds them ready.
 
 The idempotency record
 ----------------------
@@ -523,11 +526,62 @@ def run_batch(
 
     settings = BatchSettings(options, model, force, wait, input_size)
     get_segmenter = LoadOnce(segmenter)
-    for scene, scene_jobs in group_by_scene(jobs):
-        run_scene_group(scene, scene_jobs, settings, get_segmenter, on_result=emit)
+    groups = group_by_scene(jobs)
+    current: Optional[_SceneGroup] = None
+    upcoming: Optional[_SceneGroup] = None
+    try:
+        for index, (scene, scene_jobs) in enumerate(groups):
+            current = upcoming or _SceneGroup.prepare(scene, scene_jobs, settings, wait=settings.wait)
+            upcoming = None
+            current.report_to(emit)
+            current.start_reading(_known_input_size(settings, get_segmenter))
+            if current.stale and index + 1 < len(groups):
+                upcoming = _prepare_ahead(*groups[index + 1], settings, get_segmenter)
+            current.compute(get_segmenter)
+            current.close()
+    finally:
+        # An interrupt or a failure: the reader threads stop and the locks go, of both scenes.
+        for group in (current, upcoming):
+            if group is not None:
+                group.close()
     report.results.sort(key=lambda r: r.job.number)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _known_input_size(settings: BatchSettings, get_segmenter: "LoadOnce") -> Optional[int]:
+    """The model's input side if it is known without loading the model, else None."""
+    if settings.input_size is not None:
+        return settings.input_size
+    loaded = get_segmenter.loaded
+    return None if loaded is None else int(loaded.input_size)
+
+
+def _prepare_ahead(scene: Path, jobs: list[Job], settings: BatchSettings,
+                   get_segmenter: "LoadOnce") -> Optional["_SceneGroup"]:
+    """The next scene's group, prepared and reading its first windows while the current scene computes.
+
+    None when it is better prepared at its turn: its windows cannot be planned before the
+    model is known, or a waiting run found one of its outputs locked.
+    """
+    input_size = _known_input_size(settings, get_segmenter)
+    if input_size is None:
+        return None
+    try:
+        # Never wait for a lock while holding the current scene's: two runs, each holding the
+        # outputs the other waits for, would wait for ever.
+        group = _SceneGroup.prepare(scene, jobs, settings, wait=False)
+    except Exception:  # noqa: BLE001 - met again at the group's turn, never in the current scene's
+        return None
+    try:
+        if settings.wait and group.met_busy_lock:
+            group.close()
+            return None
+        group.start_reading(input_size)
+    except BaseException:
+        group.close()
+        raise
+    return group
 
 
 class LoadOnce:
@@ -537,6 +591,11 @@ class LoadOnce:
         self._loader = segmenter if callable(segmenter) and not hasattr(segmenter, "segment") else None
         self._segmenter = None if self._loader is not None else segmenter
         self._error: Optional[BaseException] = None
+
+    @property
+    def loaded(self) -> Any:
+        """The segmenter if it is there already, else None; never loads it."""
+        return self._segmenter
 
     def __call__(self) -> Any:
         if self._segmenter is None:
@@ -565,31 +624,106 @@ def run_scene_group(
     ``on_result`` at that moment. Nothing here depends on the process it runs in beyond
     the files it reads and writes.
     """
-    outcomes = _Outcomes(on_result)
+    group = _SceneGroup.prepare(scene, jobs, settings, wait=settings.wait, on_result=on_result)
     try:
-        identity = scene_identity(scene)
-    except SegearthError as exc:
-        for job in jobs:
-            outcomes.fail(job, exc)
-        return outcomes.results
-    recorded_options = options_record(settings.options)
-    inputs = {job.number: job_inputs(identity, job.question, settings.model, recorded_options) for job in jobs}
-    stale = _not_current(jobs, inputs, settings, outcomes)
-    stale = _prepare_folders(stale, outcomes)
-    if not stale:
-        return outcomes.results
-    locks = _lock_outputs(stale, settings.wait, outcomes)
-    try:
-        stale = [job for job in stale if all(output in locks for output in job.outputs)]
-        # Another run may have finished a job while this one waited for (or raced to) the lock.
-        stale = _not_current(stale, inputs, settings, outcomes)
-        stale = _refuse_foreign_outputs(stale, settings, outcomes)
-        if stale:
-            _compute(scene, stale, inputs, settings, get_segmenter, outcomes)
+        group.compute(get_segmenter)
     finally:
-        for lock in locks.values():
+        group.close()
+    return group.outcomes.results
+
+
+class _SceneGroup:
+    """The jobs of one scene between their record checks and their results.
+
+    :meth:`prepare` checks the records and locks the outputs of the jobs that need
+    computing (:attr:`stale`); :meth:`start_reading` may open the scene and start reading
+    its windows before :meth:`compute` runs them; :meth:`close` releases everything,
+    whether the group computed or not.
+    """
+
+    def __init__(self, scene: Path, settings: BatchSettings, on_result: Optional[ResultCallback]):
+        self.scene = scene
+        self.settings = settings
+        self.outcomes = _Outcomes(on_result)
+        self.inputs: dict[int, Any] = {}
+        #: The jobs to compute, their outputs locked.
+        self.stale: list[Job] = []
+        self._locks: dict[Path, Any] = {}
+        self._opened: Any = None
+
+    @classmethod
+    def prepare(cls, scene: Path, jobs: list[Job], settings: BatchSettings, *, wait: bool,
+                on_result: Optional[ResultCallback] = None) -> "_SceneGroup":
+        group = cls(scene, settings, on_result)
+        outcomes = group.outcomes
+        try:
+            identity = scene_identity(scene)
+        except SegearthError as exc:
+            for job in jobs:
+                outcomes.fail(job, exc)
+            return group
+        recorded_options = options_record(settings.options)
+        inputs = {job.number: job_inputs(identity, job.question, settings.model, recorded_options) for job in jobs}
+        group.inputs = inputs
+        stale = _not_current(jobs, inputs, settings, outcomes)
+        stale = _prepare_folders(stale, outcomes)
+        if not stale:
+            return group
+        group._locks = _lock_outputs(stale, wait, outcomes)
+        try:
+            stale = [job for job in stale if all(output in group._locks for output in job.outputs)]
+            # Another run may have finished a job while this one waited for (or raced to) the lock.
+            stale = _not_current(stale, inputs, settings, outcomes)
+            group.stale = _refuse_foreign_outputs(stale, settings, outcomes)
+        except BaseException:
+            group.close()
+            raise
+        return group
+
+    @property
+    def met_busy_lock(self) -> bool:
+        """Whether a job was skipped because another run holds one of its outputs."""
+        return any((result.reason or "").startswith(REASON_LOCKED) for result in self.outcomes.results)
+
+    def report_to(self, on_result: ResultCallback) -> None:
+        self.outcomes.report_to(on_result)
+
+    def start_reading(self, input_size: Optional[int]) -> None:
+        """Open the scene and start reading the windows the jobs need for a model of ``input_size``.
+
+        Nothing happens when no job needs computing, the input size is unknown (None), or the
+        scene is already being read. A failure is left for :meth:`compute`, which meets it
+        again and fails the jobs as it would have without reading ahead.
+        """
+        if not self.stale or input_size is None or self._opened is not None:
+            return
+        from .query import validate_query
+
+        questions, targets, options = _request(self.stale, self.inputs, self.settings)
+        try:
+            opened = validate_query(self.scene, questions, targets, options, input_size=self.settings.input_size)
+            try:
+                opened.start_reading(input_size, options)
+            except BaseException:
+                opened.close()
+                raise
+        except Exception as exc:  # noqa: BLE001 - met again, and reported, when the group computes
+            log.debug("%s: not read ahead: %s", self.scene.name, failure_line(exc))
+            return
+        self._opened = opened
+
+    def compute(self, get_segmenter: Callable[[], Any]) -> None:
+        if self.stale:
+            _compute(self.scene, self.stale, self.inputs, self.settings, get_segmenter, self.outcomes, self._opened)
+
+    def close(self) -> None:
+        """Stop any reading, close the scene and release the locks."""
+        if self._opened is not None:
+            self._opened.close()
+            self._opened = None
+        for lock in self._locks.values():
             lock.release()
-    return outcomes.results
+        self._locks = {}
 
 
 class _Outcomes:
@@ -598,6 +732,12 @@ class _Outcomes:
     def __init__(self, on_result: Optional[ResultCallback]):
         self.started = time.perf_counter()
         self.results: list[JobResult] = []
+        self._on_result = on_result
+
+    def report_to(self, on_result: ResultCallback) -> None:
+        """Pass on the results known so far, and from now on each as it becomes known."""
+        for result in self.results:
+            on_result(result)
         self._on_result = on_result
 
     def add(self, result: JobResult) -> None:
@@ -701,9 +841,10 @@ def _refuse_foreign_outputs(jobs: list[Job], settings: BatchSettings, outcomes: 
 
 
 def _compute(scene: Path, jobs: list[Job], inputs: Mapping[int, Any], settings: BatchSettings,
-             get_segmenter: Callable[[], Any], outcomes: _Outcomes) -> None:
+             get_segmenter: Callable[[], Any], outcomes: _Outcomes, opened: Any = None) -> None:
+    """``opened``: the scene as :func:`~segearth_cli.query.validate_query` opened it for ``jobs``, or None."""
     try:
-        _query(scene, jobs, inputs, settings, get_segmenter, outcomes)
+        _query(scene, jobs, inputs, settings, get_segmenter, outcomes, opened)
     except _ModelFailed as failed:  # the model cannot answer any job
         for job in jobs:
             outcomes.fail(job, failed.error)
@@ -733,24 +874,33 @@ class _ModelFailed(Exception):
         self.error = error
 
 
-def _query(scene: Path, jobs: list[Job], inputs: Mapping[int, Any], settings: BatchSettings,
-           get_segmenter: Callable[[], Any], outcomes: _Outcomes) -> None:
-    """One run_query for ``jobs``, with their records pending while it runs and complete after.
+def _request(jobs: list[Job], inputs: Mapping[int, Any], settings: BatchSettings) -> tuple[list[str], list[Any], Any]:
+    """The questions, output targets and options of the one run_query that computes ``jobs``."""
+    from .query import OutputTarget
 
-    The scene is opened and the request checked before the model is asked for, so a scene
-    that cannot be read or planned costs no model load.
-    """
-    from .query import OutputTarget, run_query, validate_query
-
-    started = time.perf_counter()
     # Jobs of one scene have distinct questions (a job *is* a scene and a question).
     questions = [job.question for job in jobs]
     targets = []
     for index, job in enumerate(jobs):
         tags = {RECORD_TAG: json.dumps(inputs[job.number], sort_keys=True, ensure_ascii=False)}
         targets.extend(OutputTarget.for_path(o, question_indexes=(index,), tags=tags) for o in job.outputs)
-    options = dataclasses.replace(settings.options, overwrite=True)
-    with validate_query(scene, questions, targets, options, input_size=settings.input_size) as opened:
+    return questions, targets, dataclasses.replace(settings.options, overwrite=True)
+
+
+def _query(scene: Path, jobs: list[Job], inputs: Mapping[int, Any], settings: BatchSettings,
+           get_segmenter: Callable[[], Any], outcomes: _Outcomes, opened: Any = None) -> None:
+    """One run_query for ``jobs``, with their records pending while it runs and complete after.
+
+    The scene is opened (unless ``opened`` already is) and the request checked before the
+    model is asked for, so a scene that cannot be read or planned costs no model load.
+    """
+    from .query import run_query, validate_query
+
+    started = time.perf_counter()
+    questions, targets, options = _request(jobs, inputs, settings)
+    if opened is None:
+        opened = validate_query(scene, questions, targets, options, input_size=settings.input_size)
+    with opened:
         try:
             segmenter = get_segmenter()
         except Exception as exc:  # noqa: BLE001 - reported for every job of the group

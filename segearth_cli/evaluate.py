@@ -35,9 +35,12 @@ import math
 import os
 import pickle
 import re
+import threading
+from collections import deque
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Union
 
 import cv2
 import numpy as np
@@ -61,6 +64,9 @@ DATASET_MODEL = {
     "rrsis-d": "earth-insights/SegEarth-R1-RRSIS-D",
     "refsegrs": "earth-insights/SegEarth-R1-RefSegRS",
 }
+T = TypeVar("T")
+R = TypeVar("R")
+
 PRECISION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 IOU_EPS = 1e-5
 CIOU_EPS = 1e-10
@@ -598,6 +604,67 @@ def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
         yield items[start : start + size]
 
 
+#: Batches of samples read and made into canvases ahead of the model: the next one is ready
+#: when the model is free, and one more absorbs an image slower to decode than the rest.
+READ_AHEAD_BATCHES = 2
+
+
+def _canvases(batch: Sequence[Sample], size: int) -> tuple[list[np.ndarray], list[Window]]:
+    """The model canvases of a batch's images, and the window each image took on its canvas."""
+    canvases, windows = [], []
+    for sample in batch:
+        rgb = read_rgb(sample.image_path)
+        window = whole_window(rgb.shape[1], rgb.shape[0], size)
+        canvases.append(canvas_rgb(rgb.transpose(2, 0, 1), window))
+        windows.append(window)
+    return canvases, windows
+
+
+def _made_ahead(items: Sequence[T], make: Callable[[T], R], depth: int) -> Iterator[R]:
+    """``make(item)`` for every item in order, made in a background thread at most ``depth`` items ahead.
+
+    Image decoding and resizing release the GIL, so they overlap the model. An exception of
+    ``make`` is raised here when its item's turn comes, as if it had been made here; close
+    the generator (or exhaust it) to stop the thread.
+    """
+    condition = threading.Condition()
+    made: deque[tuple[Optional[R], Optional[Exception]]] = deque()
+    stopped = False
+
+    def work() -> None:
+        for item in items:
+            with condition:
+                condition.wait_for(lambda: stopped or len(made) < depth)
+                if stopped:
+                    return
+            try:
+                outcome = (make(item), None)
+            except Exception as exc:  # noqa: BLE001 - raised in the consumer at this item's turn
+                outcome = (None, exc)
+            with condition:
+                made.append(outcome)
+                condition.notify_all()
+            if outcome[1] is not None:
+                return
+
+    thread = threading.Thread(target=work, name="segearth-eval-read", daemon=True)
+    thread.start()
+    try:
+        for _ in items:
+            with condition:
+                condition.wait_for(lambda: bool(made))
+                result, error = made.popleft()
+                condition.notify_all()
+            if error is not None:
+                raise error
+            yield result
+    finally:
+        with condition:
+            stopped = True
+            condition.notify_all()
+        thread.join()
+
+
 def evaluate(
     samples: Sequence[Sample],
     segmenter: Segmenter,
@@ -630,24 +697,22 @@ def evaluate(
     size = int(segmenter.input_size)
     report = EvalReport(dataset=dataset, split=split, model=getattr(segmenter, "name", ""))
     total = len(samples)
-    for batch in _batches(samples, batch_size):
-        canvases, windows = [], []
-        for sample in batch:
-            rgb = read_rgb(sample.image_path)
-            window = whole_window(rgb.shape[1], rgb.shape[0], size)
-            canvases.append(canvas_rgb(rgb.transpose(2, 0, 1), window))
-            windows.append(window)
-        logits = _predict(segmenter, canvases, [s.question for s in batch])
-        for sample, window, sample_logits in zip(batch, windows, logits):
-            target = sample.target.load()
-            predicted = sample_logits > 0
-            official = report.official.add(predicted, resize_mask_nearest(target, _label_on_canvas(target.shape, size)))
-            original = report.original_size.add(original_size_mask(sample_logits, window, *target.shape), target)
-            report.samples.append(SampleResult(sample.name, sample.image_path.name, sample.question, official, original))
-            if save_predictions is not None:
-                _write_mask_png(save_predictions, sample.name, predicted)
-            if progress is not None:
-                progress(report.n, total, report.official.giou)
+    batches = list(_batches(samples, batch_size))
+    with closing(_made_ahead(batches, lambda batch: _canvases(batch, size), READ_AHEAD_BATCHES)) as made:
+        for batch, (canvases, windows) in zip(batches, made):
+            logits = _predict(segmenter, canvases, [s.question for s in batch])
+            for sample, window, sample_logits in zip(batch, windows, logits):
+                target = sample.target.load()
+                predicted = sample_logits > 0
+                official = report.official.add(predicted,
+                                               resize_mask_nearest(target, _label_on_canvas(target.shape, size)))
+                original = report.original_size.add(original_size_mask(sample_logits, window, *target.shape), target)
+                report.samples.append(SampleResult(sample.name, sample.image_path.name, sample.question, official,
+                                                   original))
+                if save_predictions is not None:
+                    _write_mask_png(save_predictions, sample.name, predicted)
+                if progress is not None:
+                    progress(report.n, total, report.official.giou)
     return report
 
 

@@ -9,6 +9,9 @@ so memory depends on the window size, the batch size and the number of replicas,
 on the scene; and answers are blended in plan order whatever finished first, so the
 outputs are the same for any number of readers or replicas.
 
+The reader threads can be started before the rest (:class:`ReadAhead`), so that a scene's
+first windows are read while the model is still busy with the previous scene's last ones.
+
 The first failure of any stage, or an interrupt (Ctrl-C) in the calling thread, stops
 every stage and is raised in the calling thread once all threads have ended.
 """
@@ -34,6 +37,10 @@ MAX_DEFAULT_WORKERS = 8
 Clock = Callable[[str], ContextManager]
 #: ``on_window(window, ran_model)`` once the window was blended (or skipped), in plan order.
 WindowCallback = Callable[[Window, bool], None]
+
+
+def _untimed(phase: str) -> ContextManager:
+    return nullcontext()
 
 
 def default_workers() -> int:
@@ -114,48 +121,95 @@ class _Shared:
         return threading.Thread(target=guarded, name=name, daemon=True)
 
 
-class _Readers:
-    """Reader threads that read the plan's windows ahead, at most ``ahead`` beyond the consumer."""
+class ReadAhead:
+    """Reader threads reading a plan's windows in plan order, ahead of whoever takes them.
 
-    def __init__(self, reader, windows: Sequence[Window], workers: int, ahead: int, shared: _Shared, clock: Clock):
-        self._reader = reader
-        self._windows = list(windows)
-        self._ahead = max(1, ahead)
-        self._shared = shared
-        self._clock = clock
+    :func:`run_plan` starts one itself, or is handed one started earlier (while another
+    scene's windows are still in the model, say), so that its first batch is ready when the
+    model is free. At most ``workers + batch_size`` windows are read ahead until
+    :func:`run_plan` takes it over and sets its own depth. :meth:`close` stops the threads;
+    call it when the reads are not handed on.
+    """
+
+    def __init__(self, reader, plan: WindowPlan, *, workers: Optional[int] = None, batch_size: int = 1,
+                 clock: Optional[Clock] = None):
+        workers = default_workers() if workers is None else int(workers)
+        if workers < 1 or batch_size < 1:
+            raise ValueError(f"workers ({workers}) and batch_size ({batch_size}) must be at least 1")
+        self.plan = plan
+        #: Times the reads (phase ``read``).
+        self.clock = clock or _untimed
+        #: The condition and first failure that the stages consuming these reads share.
+        self.shared = _Shared()
+        self._ahead = workers + batch_size
         self._claimed = 0  # windows handed to a reader thread
         self._taken = 0  # windows handed on in plan order
+        self._closed = False
         self._results: dict[int, ReadWindow] = {}
-        self.threads = [shared.thread(self._work, f"segearth-read-{n}") for n in range(workers)]
+        # Every handle is opened here, in the calling thread: opening swaps the process-wide
+        # warning filters for a moment, which is safe only in the thread that records the run's
+        # warnings (another scene's run may be recording them meanwhile).
+        handles = []
+        try:
+            for _ in range(workers):
+                handles.append(reader.twin())
+        except BaseException:
+            for handle in handles:
+                handle.close()
+            raise
+        self._threads = [self.shared.thread(lambda h=handle: self._work(h), f"segearth-read-{n}")
+                         for n, handle in enumerate(handles)]
+        for thread in self._threads:
+            thread.start()
 
-    def _work(self) -> None:
-        handle = self._reader.twin()
+    @property
+    def workers(self) -> int:
+        return len(self._threads)
+
+    def read_ahead(self, windows: int) -> None:
+        """Let the threads read up to ``windows`` beyond the consumer (never fewer than before)."""
+        with self.shared.condition:
+            self._ahead = max(self._ahead, windows)
+            self.shared.condition.notify_all()
+
+    def close(self) -> None:
+        """Stop reading, wait for the threads, and drop what was read and not taken."""
+        with self.shared.condition:
+            self._closed = True
+            self.shared.condition.notify_all()
+        for thread in self._threads:
+            thread.join()
+        self._results.clear()
+
+    def _work(self, handle) -> None:
+        windows = self.plan.windows
         try:
             while True:
-                with self._shared.condition:
-                    self._shared.wait_for(
-                        lambda: self._claimed >= len(self._windows) or self._claimed < self._taken + self._ahead)
-                    if self._claimed >= len(self._windows):
+                with self.shared.condition:
+                    self.shared.wait_for(
+                        lambda: self._closed or self._claimed >= len(windows)
+                        or self._claimed < self._taken + self._ahead)
+                    if self._closed or self._claimed >= len(windows):
                         return
                     index = self._claimed
                     self._claimed += 1
-                window = self._windows[index]
-                with self._clock("read"):
+                window = windows[index]
+                with self.clock("read"):
                     rgb, valid = handle.read(window)
                     has_valid = bool(valid.any())
-                with self._shared.condition:
+                with self.shared.condition:
                     self._results[index] = ReadWindow(window, rgb, valid if has_valid else None)
-                    self._shared.condition.notify_all()
+                    self.shared.condition.notify_all()
         finally:
             handle.close()
 
     def __iter__(self) -> Iterator[ReadWindow]:
-        for index in range(len(self._windows)):
-            with self._shared.condition:
-                self._shared.wait_for(lambda: index in self._results)
+        for index in range(len(self.plan)):
+            with self.shared.condition:
+                self.shared.wait_for(lambda: index in self._results)
                 read = self._results.pop(index)
                 self._taken += 1
-                self._shared.condition.notify_all()
+                self.shared.condition.notify_all()
             yield read
 
 
@@ -288,37 +342,53 @@ def run_plan(
     workers: Optional[int] = None,
     on_window: Optional[WindowCallback] = None,
     clock: Optional[Clock] = None,
+    reads: Optional[ReadAhead] = None,
 ) -> None:
     """Read, segment and blend every window of ``plan``; ``write`` gets the RowBlocks in row order.
 
     ``reader`` is a scene reader with ``twin()`` (each reader thread reads through its own
     twin); ``segmenter`` answers with every replica it has (see :func:`replicas_of`).
     ``write`` and ``on_window`` are called from the writer thread. ``workers``: reader
-    threads (None: :func:`default_workers`). Returns once every row was written.
+    threads (None: :func:`default_workers`). ``reads``: a :class:`ReadAhead` already
+    reading this very ``plan``, whose threads are used (``reader`` and ``workers`` are then
+    ignored) and closed here. Returns once every row was written.
     """
-    clock = clock or (lambda phase: nullcontext())
-    workers = default_workers() if workers is None else int(workers)
-    if workers < 1 or batch_size < 1:
-        raise ValueError(f"workers ({workers}) and batch_size ({batch_size}) must be at least 1")
+    clock = clock or _untimed
+    if batch_size < 1:
+        raise ValueError(f"batch_size ({batch_size}) must be at least 1")
+    if reads is None:
+        reads = ReadAhead(reader, plan, workers=workers, batch_size=batch_size, clock=clock)
+    try:
+        if reads.plan is not plan:
+            raise ValueError("the windows read ahead belong to another plan")
+        _segment_and_blend(reads, segmenter, questions, write, batch_size, on_window, clock)
+    finally:
+        reads.close()
+
+
+def _segment_and_blend(reads: ReadAhead, segmenter, questions: Sequence[str], write: Callable[[RowBlock], None],
+                       batch_size: int, on_window: Optional[WindowCallback], clock: Clock) -> None:
+    """Batch the reads as they come, run them through every replica, blend in plan order."""
     replicas = replicas_of(segmenter)
-    shared = _Shared()
-    stitcher = Stitcher(plan, len(questions))
     # Enough windows ahead to fill the next batch of every replica while the current ones run.
-    readers = _Readers(reader, plan.windows, workers, workers + batch_size * len(replicas), shared, clock)
-    models = _Replicas(replicas, questions, plan.input_size, stitcher.takes_probabilities, shared, clock)
+    reads.read_ahead(reads.workers + batch_size * len(replicas))
+    shared = reads.shared
+    stitcher = Stitcher(reads.plan, len(questions))
+    models = _Replicas(replicas, questions, reads.plan.input_size, stitcher.takes_probabilities, shared, clock)
     writer = _Writer(stitcher, write, on_window, shared, clock)
     # One batch in each replica and the one being blended; the next ones wait as reads, which
     # are smaller than logits and are stacked in no time.
     most_in_flight = len(replicas) + 1
-    threads = [*readers.threads, *models.threads, writer.thread]
+    threads = [*models.threads, writer.thread]
     for thread in threads:
         thread.start()
     try:
-        for reads in _batches(iter(readers), batch_size):
-            with_pixels = [read.rgb for read in reads if read.valid is not None]
-            batch = _Batch([(read.window, read.valid) for read in reads], np.stack(with_pixels) if with_pixels else None)
+        for batch_reads in _batches(iter(reads), batch_size):
+            with_pixels = [read.rgb for read in batch_reads if read.valid is not None]
+            batch = _Batch([(read.window, read.valid) for read in batch_reads],
+                           np.stack(with_pixels) if with_pixels else None)
             # The stack is the only copy of the canvases from here on.
-            del reads, with_pixels
+            del batch_reads, with_pixels
             with shared.condition:
                 shared.wait_for(lambda: len(writer.in_flight) < most_in_flight)
                 writer.in_flight.append(batch)

@@ -37,6 +37,7 @@ from .errors import UsageError, first_line, one_line
 from .windows import DEFAULT_MAX_WINDOWS, check_gsd_measurable, check_window_options
 
 if TYPE_CHECKING:  # the pipeline's heavy modules are imported when a query runs
+    from .executor import ReadAhead
     from .inputs import InputFiles
     from .scene import SceneReader
     from .windows import WindowPlan
@@ -180,8 +181,41 @@ class OpenedScene:
     seconds: float
     #: Warnings raised while opening, reported with the run's own.
     warnings: list[str]
+    #: Windows being read before the query runs (see :meth:`start_reading`).
+    _reads: Optional["ReadAhead"] = field(default=None, repr=False)
+
+    def start_reading(self, input_size: int, options: QueryOptions) -> None:
+        """Start reading the windows that a query with ``options`` will need, in background threads.
+
+        For a caller whose model is still busy (with another scene, or loading): the query
+        then finds its first windows read. ``input_size`` is the model's; a query run with
+        another model, or other window options, reads its windows anew. Raises what planning
+        the windows or opening the readers' handles raises.
+        """
+        from .executor import ReadAhead
+
+        self.stop_reading()
+        clock = _Clock()
+        with clock("plan"):
+            plan = _plan(self.reader.scene, input_size, options)
+        self._reads = ReadAhead(self.reader, plan, workers=options.workers, batch_size=options.batch_size,
+                                clock=clock)
+
+    def stop_reading(self) -> None:
+        if self._reads is not None:
+            self._reads.close()
+            self._reads = None
+
+    def _take_reads(self, plan: "WindowPlan") -> Optional["ReadAhead"]:
+        """The windows being read, if they are those of ``plan``; other reads are stopped."""
+        reads, self._reads = self._reads, None
+        if reads is not None and reads.plan != plan:
+            reads.close()
+            return None
+        return reads
 
     def close(self) -> None:
+        self.stop_reading()
         self.reader.close()
 
     def __enter__(self) -> "OpenedScene":
@@ -426,10 +460,18 @@ def _run(opened: OpenedScene, questions: list[str], targets: list[OutputTarget],
     with _recorded_warnings() as caught:
         with clock("plan"):
             plan = _plan(scene, segmenter.input_size, options)
-        log.info("%s: %d x %d px, %s (%d window%s)", scene.name, scene.width, scene.height, plan.reason,
-                 len(plan), "" if len(plan) == 1 else "s")
-        counter = _WindowCounter(len(plan), progress)
-        sinks = _write_outputs(opened.reader, plan, questions, targets, segmenter, options, clock, counter)
+        reads = opened._take_reads(plan)
+        try:
+            if reads is not None:
+                plan = reads.plan
+            log.info("%s: %d x %d px, %s (%d window%s)", scene.name, scene.width, scene.height, plan.reason,
+                     len(plan), "" if len(plan) == 1 else "s")
+            counter = _WindowCounter(len(plan), progress)
+            sinks = _write_outputs(opened.reader, plan, questions, targets, segmenter, options, clock, counter, reads)
+        finally:
+            if reads is not None:
+                reads.close()
+                clock.add_all(reads.clock)
     messages = _unique_messages([*notes, *opened.warnings, *(str(w.message) for w in caught)])
     for message in messages:
         log.warning("%s", message)
@@ -461,7 +503,8 @@ def _remove_stale_temps(targets: Sequence[OutputTarget]) -> None:
 
 
 def _write_outputs(reader: "SceneReader", plan: "WindowPlan", questions: list[str], targets: list[OutputTarget],
-                   segmenter, options: QueryOptions, clock: "_Clock", counter: "_WindowCounter") -> "_Sinks":
+                   segmenter, options: QueryOptions, clock: "_Clock", counter: "_WindowCounter",
+                   reads: Optional["ReadAhead"]) -> "_Sinks":
     """Stream the plan into a sink per target, then commit them all together."""
     from .atomic import AtomicOutputs
 
@@ -469,7 +512,7 @@ def _write_outputs(reader: "SceneReader", plan: "WindowPlan", questions: list[st
         sinks = _Sinks(reader, questions, targets, atomic, options, segmenter.name)
         try:
             counter.start()
-            _stream(reader, plan, questions, segmenter, options, sinks, clock, counter)
+            _stream(reader, plan, questions, segmenter, options, sinks, clock, counter, reads)
             with clock("finish"):
                 sinks.close()
         except Exception as exc:
@@ -512,7 +555,7 @@ def _write_failure(exc: Exception, targets: Sequence[OutputTarget], atomic) -> E
 
 
 def _stream(reader: "SceneReader", plan: "WindowPlan", questions: list[str], segmenter, options: QueryOptions,
-            sinks: "_Sinks", clock: "_Clock", counter: "_WindowCounter") -> None:
+            sinks: "_Sinks", clock: "_Clock", counter: "_WindowCounter", reads: Optional["ReadAhead"]) -> None:
     from .executor import run_plan
 
     native_validity = _validity_is_approximate(reader.scene, plan)
@@ -524,7 +567,7 @@ def _stream(reader: "SceneReader", plan: "WindowPlan", questions: list[str], seg
             sinks.write(block)
 
     run_plan(reader, plan, segmenter, questions, write, batch_size=options.batch_size, workers=options.workers,
-             on_window=counter, clock=clock)
+             on_window=counter, clock=clock, reads=reads)
 
 
 def _question_results(questions: Sequence[str], summaries: Sequence) -> list[QuestionResult]:
@@ -583,6 +626,10 @@ class _Clock:
     def add(self, phase: str, seconds: float) -> None:
         with self._lock:
             self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
+    def add_all(self, other: "_Clock") -> None:
+        for phase, seconds in other.seconds.items():
+            self.add(phase, seconds)
 
 
 def _validity_is_approximate(scene, plan) -> bool:

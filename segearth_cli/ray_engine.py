@@ -6,8 +6,8 @@ with nothing to do starts no worker and loads no model. The scenes left are hand
 largest first, one at a time per worker: the longest scene starts early instead of keeping
 one worker busy while the others idle at the end, and a lost worker loses one scene's work.
 Each worker (a Ray actor) loads the model once, on the GPU Ray assigns it or on its CPUs,
-and runs :func:`segearth_cli.batch.run_scene_group`, the function the local engine runs,
-so records, locks and atomic outputs are those of a local run. Workers read scenes and
+and runs :func:`segearth_cli.batch.run_scene_group`, the local engine's per-scene work in
+one call, so records, locks and atomic outputs are those of a local run. Workers read scenes and
 write outputs themselves: paths must name the same files on every node (shared storage).
 Only the driver writes the report, one line per job as each scene's results come back.
 

@@ -32,6 +32,7 @@ an approximation that keeps memory bounded (the README gives its size).
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window as RioWindow
@@ -139,9 +141,8 @@ class SceneReader:
     def __init__(self, path: str | Path, bands: Optional[Sequence[int]] = None):
         self.path = Path(path)
         self._label = str(path)
-        # rasterio hands an integer GDAL_CACHEMAX to GDAL as bytes, not megabytes.
-        self._env = rasterio.Env(GDAL_CACHEMAX=_block_cache_bytes(self.path))
-        self._env.__enter__()
+        self._cache_need: Optional[int] = _block_cache_bytes(self.path)
+        _BLOCK_CACHE.hold(self._cache_need)
         self._file = None
         self._src = None
         try:
@@ -162,7 +163,7 @@ class SceneReader:
         pipelined query reads through a twin of its own. Close it when done.
         """
         twin = object.__new__(SceneReader)
-        twin.path, twin._label, twin._env = self.path, self._label, None
+        twin.path, twin._label, twin._cache_need = self.path, self._label, None
         twin._src = twin._file = None
         try:
             with warnings.catch_warnings():
@@ -279,9 +280,9 @@ class SceneReader:
             if dataset is not None and not dataset.closed:
                 dataset.close()
         self._src = self._file = None
-        if self._env is not None:
-            self._env.__exit__(None, None, None)
-            self._env = None
+        if self._cache_need is not None:
+            _BLOCK_CACHE.release(self._cache_need)
+            self._cache_need = None
 
     def __enter__(self) -> "SceneReader":
         return self
@@ -533,6 +534,39 @@ def overview_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     """(width, height) of a ``width`` x ``height`` grid reduced so its long side is at most ``max_side``."""
     factor = min(1.0, max_side / max(width, height))
     return max(1, int(round(width * factor))), max(1, int(round(height * factor)))
+
+
+class _BlockCache:
+    """GDAL's block cache (one per process) sized for the most demanding open scene.
+
+    A ``rasterio.Env`` per scene would have to be left in the reverse order of entering,
+    but scenes overlap in any order (a batch opens the next scene while the current one is
+    still being read); so the open scenes' needs are counted here, and the size the cache
+    had before comes back when the last of them closes.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._needs: list[int] = []
+        self._before: Optional[int] = None
+
+    def hold(self, need: int) -> None:
+        with self._lock:
+            if not self._needs:
+                self._before = get_gdal_config("GDAL_CACHEMAX")
+            self._needs.append(need)
+            # An integer is bytes to GDAL, not megabytes.
+            set_gdal_config("GDAL_CACHEMAX", max(self._needs))
+
+    def release(self, need: int) -> None:
+        with self._lock:
+            self._needs.remove(need)
+            size = max(self._needs) if self._needs else self._before
+            if size is not None:
+                set_gdal_config("GDAL_CACHEMAX", size)
+
+
+_BLOCK_CACHE = _BlockCache()
 
 
 def _block_cache_bytes(path: Path) -> int:

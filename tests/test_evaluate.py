@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import pickle
+import threading
 from pathlib import Path
 
 import cv2
@@ -339,6 +340,68 @@ def test_progress_reports_running_official_giou(tmp_path):
     assert [(done, total) for done, total, _ in seen] == [(1, 4), (2, 4), (3, 4), (4, 4)]
     for k, (_, _, giou) in enumerate(seen, start=1):
         assert giou == pytest.approx(sum(ious[:k]) / k, abs=1e-12)
+
+
+class WaitingRedSegmenter(RedSegmenter):
+    """Holds each call until the next sample's image has been read; an eval that reads only
+    between model calls makes every call wait in vain."""
+
+    def __init__(self, images_read, condition, total):
+        super().__init__()
+        self.images_read, self.condition, self.total = images_read, condition, total
+        self.next_read_during_call: list[bool] = []
+
+    def segment_pairs(self, windows, questions):
+        following = len(self.next_read_during_call) + 1
+        with self.condition:
+            read = following >= self.total or self.condition.wait_for(
+                lambda: len(self.images_read) > following, timeout=10)
+        self.next_read_during_call.append(read)
+        return super().segment_pairs(windows, questions)
+
+
+def test_the_next_image_is_read_while_the_model_runs(tmp_path, monkeypatch):
+    from segearth_cli import evaluate as evaluate_module
+
+    truth = make_earthreason(tmp_path, nested=False, seed=0)
+    samples = read_dataset(tmp_path, "earthreason", "val")
+    images_read = []
+    condition = threading.Condition()
+    original_read = evaluate_module.read_rgb
+
+    def read_rgb(path):
+        rgb = original_read(path)
+        with condition:
+            images_read.append(path.stem)
+            condition.notify_all()
+        return rgb
+
+    monkeypatch.setattr(evaluate_module, "read_rgb", read_rgb)
+    segmenter = WaitingRedSegmenter(images_read, condition, len(samples))
+    report = evaluate(samples, segmenter, dataset="earthreason", split="val")
+
+    assert images_read == sorted(truth)
+    assert segmenter.next_read_during_call == [True] * len(samples)
+    # The same scores as read one after the other: those computed by hand.
+    official = [(onto_canvas(truth[n][0], fitted(h, w)[2]), onto_canvas(truth[n][1], fitted(h, w)[2]))
+                for n, h, w in sorted(SHAPES)]
+    assert_protocol(report.official, official)
+    assert_protocol(report.original_size, [(truth[n][0], truth[n][1]) for n, _, _ in sorted(SHAPES)])
+    assert [t.name for t in threading.enumerate() if t.name.startswith("segearth-")] == []
+
+
+def test_an_unreadable_image_fails_at_its_turn_and_stops_the_reader(tmp_path):
+    truth = make_earthreason(tmp_path, seed=4)
+    names = sorted(truth)
+    (tmp_path / "val" / "images" / f"{names[2]}.png").write_bytes(b"not an image")
+    samples = read_dataset(tmp_path, "earthreason", "val")
+    segmenter = RedSegmenter()
+    seen = []
+    with pytest.raises(InputError, match=f"{names[2]}.png: cannot be read as an image"):
+        evaluate(samples, segmenter, batch_size=1, progress=lambda done, total, giou: seen.append(done))
+    # The samples before it were scored and reported, as when images were read one at a time.
+    assert seen == [1, 2] and len(segmenter.calls) == 2
+    assert [t.name for t in threading.enumerate() if t.name.startswith("segearth-")] == []
 
 
 def test_json_document_has_exact_schema(tmp_path):

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import geopandas
 import numpy as np
@@ -53,19 +54,24 @@ def temporaries(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if ".segearth-" in p.name]
 
 
-def wait_until_running(process: subprocess.Popen, out: Path) -> None:
-    """Until the run has created its temporaries (model loaded, windows under way)."""
+def wait_until(process: subprocess.Popen, under_way: Callable[[], bool], what: str) -> None:
+    """Until ``under_way()`` says the run got far enough (``what`` names that point), and a moment more."""
     deadline = time.monotonic() + 240
-    while not temporaries(out):
+    while not under_way():
         if process.poll() is not None:
-            pytest.fail(f"the query ended before it could be interrupted: {process.communicate()[1]}")
+            pytest.fail(f"the run ended before it could be interrupted: {process.communicate()[1]}")
         if time.monotonic() > deadline:
             process.kill()
-            pytest.fail("the query never started writing")
+            pytest.fail(f"the run never got to {what}")
         time.sleep(0.05)
     # Let some windows go through the model before the signal.
     time.sleep(1.5)
-    assert process.poll() is None, "the query finished before the signal; it needs more windows"
+    assert process.poll() is None, "the run finished before the signal; it needs more windows"
+
+
+def wait_until_running(process: subprocess.Popen, out: Path) -> None:
+    """Until the run has created its temporaries (model loaded, windows under way)."""
+    wait_until(process, lambda: bool(temporaries(out)), "writing its outputs")
 
 
 # Hundreds of 32-pixel windows: tiny-random needs well over a minute for them all; several
