@@ -68,18 +68,29 @@ def generate_scene(path: Path, size: int) -> None:
 
 
 class SleepingSegmenter:
-    """Constant logits after ``delay_ms`` per batch of 8 windows spent with the GIL released."""
+    """Constant logits after ``delay_ms`` per batch of 8 windows spent with the GIL released.
+
+    Like the model on a GPU it maps its answers onto the footprints itself: they come back
+    as freshly filled host arrays, which costs the host what copying a GPU's answer does.
+    """
+
+    LOGIT = -1.0
 
     def __init__(self, delay_ms: float, input_size: int = 1024):
         self.delay_ms = float(delay_ms)
         self.input_size = int(input_size)
         self.name = f"sleep-{delay_ms:g}ms"
         self.identity = {"id": self.name, "revision": "built-in"}
-        self._plane = np.full((self.input_size, self.input_size), -1.0, dtype=np.float32)
+        self._plane = np.full((self.input_size, self.input_size), self.LOGIT, dtype=np.float32)
 
     def segment(self, windows: np.ndarray, questions) -> np.ndarray:
         time.sleep(self.delay_ms / 1000.0 * len(windows) / 8)
         return np.broadcast_to(self._plane, (windows.shape[0], len(questions), self.input_size, self.input_size))
+
+    def segment_footprints(self, windows: np.ndarray, questions, footprints) -> list[np.ndarray]:
+        time.sleep(self.delay_ms / 1000.0 * len(windows) / 8)
+        probability = np.float32(1.0 / (1.0 + np.exp(-self.LOGIT)))
+        return [np.full((len(questions), w.height, w.width), probability, dtype=np.float32) for w in footprints]
 
 
 def _usage() -> tuple[float, float]:

@@ -271,6 +271,8 @@ class _Replicas:
                         answers = window_logits(replica, batch.canvases, self._questions, self._input_size)
             with self._shared.condition:
                 batch.answers = answers
+                # Answered: the canvases are not needed while the batch waits for the blend.
+                batch.canvases = None
                 batch.done = True
                 self._shared.condition.notify_all()
 
@@ -376,9 +378,10 @@ def _segment_and_blend(reads: ReadAhead, segmenter, questions: Sequence[str], wr
     stitcher = Stitcher(reads.plan, len(questions))
     models = _Replicas(replicas, questions, reads.plan.input_size, stitcher.takes_probabilities, shared, clock)
     writer = _Writer(stitcher, write, on_window, shared, clock)
-    # One batch in each replica and the one being blended; the next ones wait as reads, which
-    # are smaller than logits and are stacked in no time.
-    most_in_flight = len(replicas) + 1
+    # One batch in each replica, one answered and waiting, and the one being blended: the
+    # spare keeps the model busy while the writer releases a grid row of windows. The next
+    # ones wait as reads, which are smaller than answers and are stacked in no time.
+    most_in_flight = len(replicas) + 2
     threads = [*models.threads, writer.thread]
     for thread in threads:
         thread.start()

@@ -304,7 +304,6 @@ class _WindowBlend:
         self._base = 0
         self._acc = np.zeros((num_questions, self.rows, self.width), dtype=np.float32)
         self._wsum = np.zeros((self.rows, self.width), dtype=np.float32)
-        self._divisor = np.empty((min(block_rows, self.rows), self.width), dtype=np.float32)
         self._weights_cache: dict = {}
         self._axis_cache: dict = {}
 
@@ -340,11 +339,11 @@ class _WindowBlend:
             acc = self._acc[:, b0:b1]
             np.greater(wsum, 0, out=valid[:held])
             # Where no weight arrived the accumulator is 0 too, so dividing by a tiny
-            # positive number yields the 0 wanted there, without a masked division.
-            divisor = self._divisor[:held]
-            np.maximum(wsum, np.float32(1e-30), out=divisor)
+            # positive number yields the 0 wanted there, without a masked division. The
+            # weights are zeroed below, so they can hold the divisor.
+            np.maximum(wsum, np.float32(1e-30), out=wsum)
             out = probabilities[:, :held]
-            np.divide(acc, divisor, out=out)
+            np.divide(acc, wsum, out=out)
             np.minimum(out, np.float32(1.0), out=out)
             # Reset these rows for the windows to come while they are still in cache.
             acc.fill(0)
