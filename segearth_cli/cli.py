@@ -160,7 +160,31 @@ def _interrupted(termination: TerminationHandler) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line and exit with its status (see the module docstring)."""
-    sys.exit(run(argv))
+    from .executor import share_one_malloc_arena
+
+    # The process is the command line's own: tune it before any thread exists.
+    share_one_malloc_arena()
+    _exit_without_teardown(run(argv))
+
+
+def _exit_without_teardown(status: int) -> None:
+    """Exit with ``status`` as ``sys.exit`` would, less the interpreter's teardown.
+
+    A loaded model is thousands of tensors and gigabytes: freeing them one by one at exit
+    took 1.1 s of an 18 s query, and the operating system takes the memory back at once.
+    What must happen at exit still does: the atexit handlers run (logging, a Ray driver's
+    shutdown) and the standard streams are flushed. Every output was closed and committed
+    before ``run`` returned.
+    """
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing left to say there
+            pass
+    os._exit(status)
 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:

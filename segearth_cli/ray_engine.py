@@ -58,6 +58,7 @@ from .batch import (
     scene_identity,
 )
 from .errors import EXIT_FAILURE, SegearthError, UsageError, first_line
+from .executor import share_one_malloc_arena
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +286,7 @@ class _SceneWorker:
     """A Ray actor: one model, loaded on first need, for every scene group it is given."""
 
     def __init__(self, load: Callable[[], Any], settings: BatchSettings):
+        share_one_malloc_arena()  # the worker process is ours, as the command line's is
         self._get_segmenter = LoadOnce(load)
         self._settings = settings
 
