@@ -13,8 +13,8 @@ import torch
 from .checkpoint_config import read_checkpoint_config
 from .device import resolve_device, resolve_dtype, resolve_precision
 from .errors import CheckpointError
-from .mixed_precision import apply_mixed_precision
 from .hub import resolve_checkpoint_dir
+from .mixed_precision import apply_mixed_precision
 from .names import CONFIG_FILE, TINY_RANDOM
 from .precision import MIXED, OFFICIAL
 from .prompt import PromptError, special_token_ids
@@ -85,7 +85,8 @@ def load_pretrained(
     if str(name_or_path) == TINY_RANDOM:
         from .tiny_random import build_tiny_random
 
-        model, tokenizer = build_tiny_random(device=resolved_device, dtype=resolved_dtype, official_numerics=official_numerics)
+        model, tokenizer = build_tiny_random(device=resolved_device, dtype=resolved_dtype,
+                                             official_numerics=official_numerics)
     else:
         model, tokenizer = _load_checkpoint(name_or_path, revision, resolved_device, resolved_dtype, official_numerics)
     if precision == MIXED:

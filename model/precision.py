@@ -18,7 +18,7 @@ OFFICIAL = "float32"
 #: the fixture or of the full-size windows measured (README, "Precision").
 AUTO_ON_GPU = "float16"
 
-#: Every accepted dtype spelling -> its canonical name (a ``torch`` attribute name).
+#: Every accepted dtype spelling -> its canonical name (a ``torch`` attribute name, or ``mixed``).
 DTYPE_SPELLINGS = {
     "fp32": "float32",
     "float32": "float32",

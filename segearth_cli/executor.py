@@ -3,11 +3,11 @@
 Reader threads, each with its own handle on the scene (GDAL decodes with the GIL
 released), read windows ahead in plan order; the calling thread groups them into batches;
 one thread per model replica (one per GPU) runs the batches and, where footprints are no
-larger than canvases, maps the answers onto them (on the replica's device when it can); a
-writer thread blends the answers in plan order and hands every finished row block on. Each hand-over is bounded,
-so memory depends on the window size, the batch size and the number of replicas, never
-on the scene; and answers are blended in plan order whatever finished first, so the
-outputs are the same for any number of readers or replicas.
+larger than canvases, maps the answers onto them (on the replica's GPU when it has one); a
+writer thread blends the answers in plan order and hands every finished row block on. Each
+hand-over is bounded, so memory depends on the window size, the batch size and the number
+of replicas, never on the scene; and answers are blended in plan order whatever finished
+first, so the outputs are the same for any number of readers or replicas.
 
 The reader threads can be started before the rest (:class:`ReadAhead`), so that a scene's
 first windows are read while the model is still busy with the previous scene's last ones.

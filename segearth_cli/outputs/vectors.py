@@ -306,7 +306,8 @@ def scene_transform(scene) -> Affine:
     return Affine(*tuple(scene.transform)[:6])
 
 
-def _transform_centre(transformer: pyproj.Transformer, transform: Affine, width: int, height: int) -> tuple[float, float]:
+def _transform_centre(transformer: pyproj.Transformer, transform: Affine, width: int,
+                      height: int) -> tuple[float, float]:
     """The scene centre through ``transformer``; ProjError when PROJ has no finite answer.
 
     Older PROJ releases accept a transformation they cannot compute and fail only when it
