@@ -80,6 +80,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 from . import __version__
 from .atomic import write_atomically
 from .errors import EXIT_FAILURE, EXIT_OK, InputError, OutputError, SegearthError, UsageError, failure_line, first_line
+from .inputs import SIDE_SUFFIXES, job_inputs_of
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,6 @@ RECORD_TAG = "SEGEARTH_RECORD"
 OPTIONS_WITHOUT_EFFECT = frozenset({"batch_size", "overwrite", "workers", "max_windows"})
 
 _PARTIAL_HASH_SPAN = 1 << 20
-_GDAL_SIDECARS = (".msk", ".ovr", ".aux.xml")
 
 STATUS_OK = "ok"
 STATUS_SKIPPED = "skipped"
@@ -159,7 +159,6 @@ def check_paths(path: Path | str, jobs: Sequence[Job], report: Optional[Path] = 
     side files included, are refused too, and a report that is also an output.
     """
     from .atomic import OutputLock, check_name_fits
-    from .inputs import job_inputs_of
     from .query import refuse_input_as_output
 
     inputs = job_inputs_of(dict.fromkeys(job.scene for job in jobs))
@@ -321,7 +320,7 @@ def scene_identity(path: Path) -> dict[str, Any]:
         "partial_sha256": digest.hexdigest(),
     }
     sidecars = {}
-    for suffix in _GDAL_SIDECARS:
+    for suffix in SIDE_SUFFIXES:
         try:
             side = Path(str(path) + suffix).stat()
         except OSError:
@@ -372,26 +371,23 @@ def record_path(output: Path) -> Path:
     return output.with_name(output.name + RECORD_SUFFIX)
 
 
-def record_problem(output: Path) -> Optional[str]:
-    """Why the record beside ``output`` cannot be used ("unreadable", "not a segearth record"), or None."""
+def _load_record(output: Path) -> tuple[Optional[dict[str, Any]], Optional[str]]:
+    """(the record beside ``output``, None), or (None, why it cannot be used: "is corrupt ...",
+    "is not a segearth record ..."), or (None, None) when there is none."""
     try:
         data = json.loads(record_path(output).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return None
+        return None, None
     except (OSError, ValueError) as exc:
-        return f"is corrupt ({first_line(exc)})"
+        return None, f"is corrupt ({first_line(exc)})"
     if not isinstance(data, dict) or data.get("segearth_record") != RECORD_FORMAT:
-        return "is not a segearth record of this version"
-    return None
+        return None, "is not a segearth record of this version"
+    return data, None
 
 
 def read_record(output: Path) -> Optional[dict[str, Any]]:
     """The record beside ``output``, or None when absent or unreadable (treated as absent)."""
-    try:
-        data = json.loads(record_path(output).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("segearth_record") == RECORD_FORMAT else None
+    return _load_record(output)[0]
 
 
 def write_record(output: Path, inputs: Mapping[str, Any], *, state: str, seconds: Optional[float] = None) -> None:
@@ -662,9 +658,7 @@ class _SceneGroup:
             for job in jobs:
                 outcomes.fail(job, exc)
             return group
-        recorded_options = options_record(settings.options)
-        inputs = {job.number: job_inputs(identity, job.question, settings.model, recorded_options) for job in jobs}
-        group.inputs = inputs
+        inputs = group.inputs = _jobs_inputs(identity, jobs, settings)
         stale = _not_current(jobs, inputs, settings, outcomes)
         stale = _prepare_folders(stale, outcomes)
         if not stale:
@@ -760,6 +754,19 @@ def _exit_code(exc: BaseException) -> int:
     return code if isinstance(code, int) and code > 0 else EXIT_FAILURE
 
 
+def skip_current_jobs(identity: Mapping[str, Any], jobs: list[Job], settings: BatchSettings,
+                      on_result: ResultCallback) -> list[Job]:
+    """The jobs of the scene ``identity`` names that need computing; ``on_result`` gets the
+    others as skipped, up to date (none when forced)."""
+    return _not_current(jobs, _jobs_inputs(identity, jobs, settings), settings, _Outcomes(on_result))
+
+
+def _jobs_inputs(identity: Mapping[str, Any], jobs: list[Job], settings: BatchSettings) -> dict[int, dict[str, Any]]:
+    """Job number -> the ``inputs`` of its record."""
+    recorded_options = options_record(settings.options)
+    return {job.number: job_inputs(identity, job.question, settings.model, recorded_options) for job in jobs}
+
+
 def _not_current(jobs: list[Job], inputs: Mapping[int, Any], settings: BatchSettings, outcomes: _Outcomes) -> list[Job]:
     """The jobs whose outputs need computing; the others are skipped as up to date (unless forced)."""
     if settings.force:
@@ -824,12 +831,18 @@ def _refuse_foreign_outputs(jobs: list[Job], settings: BatchSettings, outcomes: 
         return jobs
     allowed = []
     for job in jobs:
-        foreign = next((o for o in job.outputs if os.path.lexists(o) and read_record(o) is None), None)
+        foreign, problem = None, None
+        for output in job.outputs:
+            if os.path.lexists(output):
+                record, problem = _load_record(output)
+                if record is None:
+                    foreign = output
+                    break
         if foreign is None:
             allowed.append(job)
-        elif record_problem(foreign) is not None:
+        elif problem is not None:
             outcomes.fail(job, OutputError(
-                f"{foreign}: exists, and its record {record_path(foreign)} {record_problem(foreign)}; "
+                f"{foreign}: exists, and its record {record_path(foreign)} {problem}; "
                 "pass --overwrite to replace both"
             ))
         else:

@@ -139,9 +139,10 @@ def _collect(path: Path, label: str, files: InputFiles, chain: tuple[str, ...]) 
     files.add(path)
     for side in _side_files(path):
         files.add(side)
-    for listed in _gdal_files(path) if not _is_vrt(path) else ():
+    vrt = _is_vrt(path)
+    for listed in _gdal_files(path) if not vrt else ():
         files.add(listed)
-    if _is_vrt(path):
+    if vrt:
         for source in _vrt_sources(path, label):
             if not source.exists():
                 raise InputError(f"{label}: its source {source} does not exist")

@@ -41,9 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from .batch import (
-    REASON_UP_TO_DATE,
     STATUS_FAILED,
-    STATUS_SKIPPED,
     BatchReport,
     Job,
     JobResult,
@@ -51,11 +49,9 @@ from .batch import (
     ResultCallback,
     BatchSettings,
     group_by_scene,
-    job_inputs,
-    job_is_current,
-    options_record,
     run_scene_group,
     scene_identity,
+    skip_current_jobs,
 )
 from .errors import EXIT_FAILURE, SegearthError, UsageError, first_line
 from .executor import share_one_malloc_arena
@@ -254,22 +250,14 @@ def _groups_to_compute(
     """
     groups = []
     for scene, scene_jobs in group_by_scene(jobs):
-        started = time.perf_counter()
         remaining = scene_jobs
-        recorded_options = options_record(settings.options)
         if not settings.force:
             try:
                 identity = scene_identity(scene)
             except SegearthError:
                 identity = None
             if identity is not None:
-                remaining = []
-                for job in scene_jobs:
-                    inputs = job_inputs(identity, job.question, settings.model, recorded_options)
-                    if job_is_current(job, inputs):
-                        emit(JobResult(job, STATUS_SKIPPED, time.perf_counter() - started, reason=REASON_UP_TO_DATE))
-                    else:
-                        remaining.append(job)
+                remaining = skip_current_jobs(identity, scene_jobs, settings, emit)
         if remaining:
             groups.append((scene, remaining))
     return sorted(groups, key=lambda group: (_size(group[0]), len(group[1])), reverse=True)

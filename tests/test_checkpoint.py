@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conformance import conformance_file, write_fixture_checkpoint
 from release_layout import save_release_layout
 from segearth_model.build import build_empty_model, release_layout_shapes
 from segearth_model.config import SegEarthR1Config
@@ -18,18 +19,9 @@ from segearth_model.device import resolve_dtype
 from segearth_model.errors import CheckpointError, ModelNotAvailableError
 from segearth_model.loading import load_pretrained
 from segearth_model.state_dict import UNUSED_AT_INFERENCE, convert_checkpoint_state_dict, to_release_state_dict
-from segearth_model.tiny_random import build_tiny_random, build_tiny_tokenizer
+from segearth_model.tiny_random import build_tiny_random
 from segearth_model.weights import check_keys, index_checkpoint
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CONFORMANCE = SHARED / "conformance"
-
-
-def shared_file(name: str) -> Path:
-    path = CONFORMANCE / name
-    if not path.exists():
-        pytest.skip(f"../shared/conformance/{name} not present")
-    return path
 
 
 @pytest.fixture(autouse=True)
@@ -98,7 +90,7 @@ def test_qkv_is_split_per_head():
 
 
 def test_conversion_round_trips_the_fixture_weights():
-    weights = load_file(str(shared_file("tiny_weights.safetensors")))
+    weights = load_file(str(conformance_file("tiny_weights.safetensors")))
     config = SegEarthR1Config.tiny()
     converted = convert_checkpoint_state_dict(weights, config)
     assert not any("query_key_value" in k for k in converted)
@@ -119,7 +111,7 @@ def test_conversion_rejects_wrong_fused_shape():
 
 
 def test_full_size_model_reads_exactly_the_released_keys():
-    manifest = json.loads(shared_file("state_dict_manifest.json").read_text())["state_dict"]
+    manifest = json.loads(conformance_file("state_dict_manifest.json").read_text())["state_dict"]
     config = SegEarthR1Config()
     model = build_empty_model(config)
     assert all(p.is_meta for p in model.parameters())
@@ -139,7 +131,7 @@ def test_full_size_model_reads_exactly_the_released_keys():
 
 
 def test_unused_tensors_are_accounted_for_by_name():
-    manifest = json.loads(shared_file("state_dict_manifest.json").read_text())["state_dict"]
+    manifest = json.loads(conformance_file("state_dict_manifest.json").read_text())["state_dict"]
     config = SegEarthR1Config()
     shapes = release_layout_shapes(build_empty_model(config), config)
     unused = [key for key in shapes if UNUSED_AT_INFERENCE.match(key)]
@@ -323,12 +315,8 @@ def test_check_keys_accepts_exactly_the_model_keys(release_dir):
 
 
 def test_fixture_checkpoint_loads_with_its_tiny_config(tmp_path):
-    weights_path = shared_file("tiny_weights.safetensors")
-    hf_config = json.loads(shared_file("tiny_config.json").read_text())["hf_config_json_as_saved"]
-    (tmp_path / "config.json").write_text(json.dumps(hf_config))
-    (tmp_path / "model.safetensors").write_bytes(weights_path.read_bytes())
-    build_tiny_tokenizer().save_pretrained(str(tmp_path))
-    model, _ = load_pretrained(tmp_path, device="cpu", dtype="fp32", official_numerics=False)
+    weights_path = conformance_file("tiny_weights.safetensors")
+    model, _ = load_pretrained(write_fixture_checkpoint(tmp_path), device="cpu", dtype="fp32", official_numerics=False)
     assert model.config.swin == SegEarthR1Config.tiny().swin
     assert model.config.projector == SegEarthR1Config.tiny().projector
     expected = convert_checkpoint_state_dict(load_file(str(weights_path)), model.config)

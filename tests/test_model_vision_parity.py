@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conformance import conformance_file
 from segearth_model.config import SegEarthR1Config
 from segearth_model.mask_decoder import MaskDecoder
 from segearth_model.pixel_decoder import MSDeformAttnPixelDecoder, deformable_sample
@@ -24,7 +24,6 @@ from segearth_model.position_encoding import sine_position_embedding
 from segearth_model.projector import CompressionProjector
 from segearth_model.swin import SwinBlock, SwinEncoder, make_window_plan
 
-CONFORMANCE = Path(__file__).resolve().parents[1].parent / "shared" / "conformance"
 ATOL = 1e-5
 
 PREFIXES = {
@@ -35,20 +34,13 @@ PREFIXES = {
 }
 
 
-def _conformance_file(name: str) -> Path:
-    path = CONFORMANCE / name
-    if not path.is_file():
-        pytest.skip(f"../shared/conformance/{name} not present")
-    return path
-
-
 @pytest.fixture(scope="module")
 def fixture():
     from safetensors.torch import load_file
 
-    weights = load_file(str(_conformance_file("tiny_weights.safetensors")))
-    inputs = load_file(str(_conformance_file("tiny_inputs.safetensors")))
-    outputs = load_file(str(_conformance_file("tiny_outputs.safetensors")))
+    weights = load_file(str(conformance_file("tiny_weights.safetensors")))
+    inputs = load_file(str(conformance_file("tiny_inputs.safetensors")))
+    outputs = load_file(str(conformance_file("tiny_outputs.safetensors")))
     return weights, inputs, outputs
 
 
@@ -99,7 +91,7 @@ def test_vision_keys_strict_load(fixture):
 
 def test_vision_keys_match_released_manifest():
     """The full-size modules carry exactly the released checkpoint's keys and shapes."""
-    manifest = json.loads(_conformance_file("state_dict_manifest.json").read_text())["state_dict"]
+    manifest = json.loads(conformance_file("state_dict_manifest.json").read_text())["state_dict"]
     with torch.device("meta"):
         modules = _build(SegEarthR1Config())
     for name, module in modules.items():

@@ -11,19 +11,17 @@ differently, hence the margin.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from conformance import conformance_file, write_fixture_checkpoint
 from segearth_model import load_pretrained
 from segearth_model.device import resolve_precision
 from segearth_model.mixed_precision import FLOAT32_HEADS
 from segearth_model.prompt import PromptTokens
-from segearth_model.tiny_random import build_tiny_tokenizer
 
-CONFORMANCE = Path(__file__).resolve().parents[1].parent / "shared" / "conformance"
 IMAGE_ID, REFER_ID = -200, -204
 CONFIDENT = 0.05
 # precision -> (largest fraction of confident pixels flipped, largest |logit difference|)
@@ -40,32 +38,18 @@ def no_network(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def _fixture_file(name: str) -> Path:
-    path = CONFORMANCE / name
-    if not path.is_file():
-        pytest.skip(f"../shared/conformance/{name} not present")
-    return path
-
-
 @pytest.fixture(scope="module")
 def fixture_checkpoint(tmp_path_factory) -> Path:
     """The fixture's weights and released config.json as a checkpoint directory."""
-    weights = _fixture_file("tiny_weights.safetensors")
-    hf_config = json.loads(_fixture_file("tiny_config.json").read_text())["hf_config_json_as_saved"]
-    directory = tmp_path_factory.mktemp("fixture_checkpoint")
-    (directory / "config.json").write_text(json.dumps(hf_config))
-    (directory / "model.safetensors").write_bytes(weights.read_bytes())
-    # The sample is fed as the fixture's own token ids; the tokenizer only has to load.
-    build_tiny_tokenizer().save_pretrained(str(directory))
-    return directory
+    return write_fixture_checkpoint(tmp_path_factory.mktemp("fixture_checkpoint"))
 
 
 @pytest.fixture(scope="module")
 def sample():
     from safetensors.torch import load_file
 
-    inputs = load_file(str(_fixture_file("tiny_inputs.safetensors")))
-    official = load_file(str(_fixture_file("tiny_outputs.safetensors")))["final.mask_logits_upsampled"][0]
+    inputs = load_file(str(conformance_file("tiny_inputs.safetensors")))
+    official = load_file(str(conformance_file("tiny_outputs.safetensors")))["final.mask_logits_upsampled"][0]
     ids = inputs["input_ids"][0].tolist()
     image_at, refer_at = ids.index(IMAGE_ID), ids.index(REFER_ID)
     prompt = PromptTokens(head_ids=tuple(ids[:image_at]), tail_ids=tuple(ids[image_at + 1 : refer_at]))
