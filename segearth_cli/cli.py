@@ -160,7 +160,7 @@ def _interrupted(termination: TerminationHandler) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line and exit with its status (see the module docstring)."""
-    from .executor import share_one_malloc_arena
+    from .process import share_one_malloc_arena
 
     # The process is the command line's own: tune it before any thread exists.
     share_one_malloc_arena()

@@ -54,7 +54,7 @@ from .batch import (
     skip_current_jobs,
 )
 from .errors import EXIT_FAILURE, SegearthError, UsageError, first_line
-from .executor import share_one_malloc_arena
+from .process import share_one_malloc_arena
 
 log = logging.getLogger(__name__)
 

@@ -154,10 +154,6 @@ class ModelSegmenter:
         self.identity = dict(identity or {"id": self.name})
         self._staging = None
 
-    @property
-    def device(self) -> str:
-        return str(self.predictor.device)
-
     def segment(self, windows: np.ndarray, questions: Sequence[str]) -> np.ndarray:
         return self._run(self.predictor.predict, windows, questions)
 
@@ -170,13 +166,12 @@ class ModelSegmenter:
         mapping is used: the same cores would do the work, and CPU answers stay bit for bit
         those of any other segmenter handing over logits.
         """
-        from .stitch import window_probabilities
+        from .stitch import probabilities_on_host
 
         if len(footprints) != len(windows):
             raise ValueError(f"{len(windows)} windows but {len(footprints)} footprints")
         if self.predictor.device.type == "cpu":
-            logits = self.segment(windows, questions)
-            return [window_probabilities(planes, window) for planes, window in zip(logits, footprints)]
+            return probabilities_on_host(self, windows, questions, footprints, self.input_size)
         import torch
 
         images = self._to_device(windows)

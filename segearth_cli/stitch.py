@@ -107,6 +107,11 @@ def logits_to_footprint(logits: np.ndarray, height: int, width: int, rows: slice
     return _resample(planes, row_map, col_map, rows)
 
 
+def _source_valid(canvas_valid: np.ndarray, rows: _AxisMap, cols: _AxisMap, row_range: slice = slice(None)) -> np.ndarray:
+    """A resampled window's validity on its source rows ``row_range``: the nearest canvas pixel's."""
+    return canvas_valid[rows.nearest[row_range][:, None], cols.nearest[None, :]]
+
+
 def _resample(planes: np.ndarray, rows: _AxisMap, cols: _AxisMap, row_range: slice) -> np.ndarray:
     """(M, h_in, w_in) canvas planes -> (M, rows in row_range, w_out) source planes."""
     taps, weights = rows.taps[row_range], rows.weights[row_range]
@@ -155,7 +160,7 @@ class Stitcher:
         elif plan.footprint > plan.input_size:
             self._blend = _DeferredBlend(plan, self.num_questions)
         else:
-            self._blend = _WindowBlend(plan, self.num_questions, self.block_rows)
+            self._blend = _WindowBlend(plan, self.num_questions)
 
     def add(self, window: Window, logits: np.ndarray, valid: np.ndarray) -> Iterator[RowBlock]:
         """Blend one window's canvas logits (M, S, S) with its canvas validity (S, S)."""
@@ -271,7 +276,7 @@ class Stitcher:
                 if window.native:
                     strip_valid = canvas_valid[rows]
                 else:
-                    strip_valid = canvas_valid[row_map.nearest[rows][:, None], col_map.nearest[None, :]]
+                    strip_valid = _source_valid(canvas_valid, row_map, col_map, rows)
                 if mapped:
                     strip = planes[:, rows]
                 else:
@@ -295,7 +300,7 @@ class _WindowBlend:
     released down to the lowest row a window of the current grid row touches.
     """
 
-    def __init__(self, plan: WindowPlan, num_questions: int, block_rows: int):
+    def __init__(self, plan: WindowPlan, num_questions: int):
         self.width = int(plan.scene_width)
         self.height = int(plan.scene_height)
         self.num_questions = num_questions
@@ -314,7 +319,7 @@ class _WindowBlend:
         if window.native:
             source_valid = canvas_valid
         else:
-            source_valid = canvas_valid[row_map.nearest[:, None], col_map.nearest[None, :]]
+            source_valid = _source_valid(canvas_valid, row_map, col_map)
         weight = self._window_weight(window)
         if not source_valid.all():
             weight = weight * source_valid
@@ -420,7 +425,7 @@ class _DeferredBlend:
             wy = edge_ramp(window.height, self._ramp, window.row_off > 0, window.row_off + window.height < self.height)
             wx = edge_ramp(window.width, self._ramp, window.col_off > 0, window.col_off + window.width < self.width)
             weight = wy[rows, None] * wx[None, :]
-            weight *= canvas_valid[row_map.nearest[rows][:, None], col_map.nearest[None, :]]
+            weight *= _source_valid(canvas_valid, row_map, col_map, rows)
             strip = sigmoid(_resample(planes, row_map, col_map, rows))
             strip *= weight
             out_rows, cols = slice(lo - start, hi - start), slice(window.col_off, window.col_off + window.width)
@@ -500,8 +505,7 @@ def footprint_probabilities(segmenter, canvases: np.ndarray, questions: Sequence
     """
     own = getattr(segmenter, "segment_footprints", None)
     if own is None:
-        logits = window_logits(segmenter, canvases, questions, input_size)
-        return [window_probabilities(planes, window) for planes, window in zip(logits, windows)]
+        return probabilities_on_host(segmenter, canvases, questions, windows, input_size)
     answers = own(canvases, questions, windows)
     if len(answers) != len(windows):
         raise RuntimeError(f"segmenter {segmenter.name} answered {len(answers)} of {len(windows)} windows")
@@ -511,3 +515,10 @@ def footprint_probabilities(segmenter, canvases: np.ndarray, questions: Sequence
             raise RuntimeError(f"segmenter {segmenter.name} returned probabilities of shape {answer.shape}, "
                                f"expected {expected}")
     return answers
+
+
+def probabilities_on_host(segmenter, canvases: np.ndarray, questions: Sequence[str], windows: Sequence[Window],
+                          input_size: int) -> list[np.ndarray]:
+    """:func:`footprint_probabilities` from the segmenter's logits, mapped here."""
+    logits = window_logits(segmenter, canvases, questions, input_size)
+    return [window_probabilities(planes, window) for planes, window in zip(logits, windows)]

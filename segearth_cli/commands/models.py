@@ -31,8 +31,6 @@ from typing import Annotated
 import typer
 
 from ..errors import EXIT_FAILURE
-from .. import model_cache as cache
-from ..segmenter import TINY_RANDOM, hub_cache_dir, hub_offline
 from . import options as opt
 
 models_app = typer.Typer(
@@ -67,6 +65,9 @@ def list_command(
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per model on stdout.")] = False,
 ) -> None:
     """Show the cached models (repo, revision, size, path) and the built-in tiny-random."""
+    from .. import model_cache as cache
+    from ..segmenter import TINY_RANDOM, hub_cache_dir, hub_offline
+
     cache_dir = hub_cache_dir()
     models, warnings = cache.cached_models(cache_dir)
     if json_output:
@@ -98,6 +99,9 @@ def pull_command(
     revision: opt.Revision = None,
 ) -> None:
     """Download REPO at a revision into the hub cache, print the commit to pin, and save a manifest of file hashes."""
+    from .. import model_cache as cache
+    from ..segmenter import TINY_RANDOM, hub_cache_dir, hub_offline
+
     if repo == TINY_RANDOM:
         _err("tiny-random is built in; there is nothing to download")
         return
@@ -119,6 +123,9 @@ def verify_command(
     revision: opt.Revision = None,
 ) -> None:
     """Check the cached files of REPO against the hub's recorded hashes (offline: the manifest saved by pull)."""
+    from .. import model_cache as cache
+    from ..segmenter import TINY_RANDOM
+
     if repo == TINY_RANDOM:
         _err("tiny-random is built in (generated from a fixed seed); it has no files to verify")
         return
@@ -145,6 +152,9 @@ def path_command(
     revision: opt.Revision = None,
 ) -> None:
     """Print the folder where REPO is cached (exit 4 if it is not)."""
+    from .. import model_cache as cache
+    from ..segmenter import TINY_RANDOM
+
     if repo == TINY_RANDOM:
         _err("tiny-random is built in: it has no folder")
         return
