@@ -53,17 +53,12 @@ def release_layout_shapes(model: nn.Module, config: SegEarthR1Config) -> dict[st
 
 
 def _prepare(
-    tensor: torch.Tensor, module_dtype: torch.dtype, device: torch.device, dtype: torch.dtype, official_numerics: bool, borrowed: bool
+    tensor: torch.Tensor, module_dtype: torch.dtype, device: torch.device, dtype: torch.dtype, official_numerics: bool
 ) -> torch.Tensor:
-    """``tensor`` in the module's precision on ``device``; a copy whenever ``tensor`` is borrowed."""
+    """``tensor`` in the module's precision on ``device``."""
     if not tensor.is_floating_point():
-        out = tensor.to(device=device, dtype=module_dtype)
-    else:
-        out = cast_weight(tensor, device, dtype, official_numerics)
-    # .to() hands back its input when nothing changes; a borrowed input is memory we do not own.
-    if borrowed and out.data_ptr() == tensor.data_ptr() and out.device == tensor.device:
-        return out.clone()
-    return out
+        return tensor.to(device=device, dtype=module_dtype)
+    return cast_weight(tensor, device, dtype, official_numerics)
 
 
 def materialize(
@@ -75,15 +70,13 @@ def materialize(
     dtype: torch.dtype,
     official_numerics: bool = False,
     source: str = "checkpoint",
-    borrowed: bool = False,
 ) -> nn.Module:
     """Fill a model built by :func:`build_empty_model` from released-layout tensors, strictly.
 
     Tensors are converted, cast and moved one at a time, so peak memory stays near one
-    copy of the model in its target precision. Tensors already in the target precision
-    and place become the model's own unless ``borrowed`` says their memory belongs to
-    someone else (a file's memory map, as with :func:`.weights.iter_checkpoint_tensors`);
-    then they are copied.
+    copy of the model in its target precision. Tensors already in the target precision and
+    place become the model's own: the caller hands over memory it owns (the loader's come
+    from :func:`.weights.owned_tensors`).
     Module-layout keys (``q_proj``...) are accepted as they are.
     """
     module_dtypes = {key: t.dtype for key, t in model.state_dict().items()}
@@ -94,7 +87,7 @@ def materialize(
         module_key = key if key in module_dtypes else FUSED_QKV.sub(r"\1q_proj.\2", key)
         if module_key not in module_dtypes:
             raise CheckpointError(f"{source}: unexpected key {key} (not part of the SegEarth-R1 architecture)")
-        prepared = _prepare(tensor, module_dtypes[module_key], device, dtype, official_numerics, borrowed)
+        prepared = _prepare(tensor, module_dtypes[module_key], device, dtype, official_numerics)
         del tensor
         state.update(convert_checkpoint_state_dict({key: prepared}, config, source=source))
         del prepared

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 if TYPE_CHECKING:
     from .language import PrefixState
@@ -94,12 +94,11 @@ class PromptHeadCache:
         try:
             from safetensors import safe_open
 
-            with safe_open(str(path), framework="pt") as handle:
-                recorded = handle.metadata() or {}
-            if recorded != key:
-                log.debug("prompt head cache %s: recorded key differs, recomputing", path)
-                return None
-            tensors = load_file(str(path), device=str(device))
+            with safe_open(str(path), framework="pt", device=str(device)) as handle:
+                if (handle.metadata() or {}) != key:
+                    log.debug("prompt head cache %s: recorded key differs, recomputing", path)
+                    return None
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
             layers = _layer_count(tensors)
             keys = tuple(tensors[f"keys.{i}"] for i in range(layers))
             values = tuple(tensors[f"values.{i}"] for i in range(layers))
