@@ -181,6 +181,8 @@ class OpenedScene:
     seconds: float
     #: Warnings raised while opening, reported with the run's own.
     warnings: list[str]
+    #: Every file the scene reads (its VRT sources, side files), which no output may be.
+    inputs: "InputFiles"
     #: Windows being read before the query runs (see :meth:`start_reading`).
     _reads: Optional["ReadAhead"] = field(default=None, repr=False)
 
@@ -239,13 +241,14 @@ def validate_query(
     ``input_size``, the model's input side when known, lets the window plan be checked
     too (its budget, a ``--gsd`` too fine for the scene).
     """
-    _check_request(scene_path, questions, targets, options)
+    inputs = _check_request(scene_path, questions, targets, options)
     from .scene import open_scene  # after the checks: a refusal should not wait for GDAL to load
 
     started = time.perf_counter()
     with _recorded_warnings() as caught:
         reader = open_scene(scene_path, bands=options.bands)
-    opened = OpenedScene(reader, str(scene_path), time.perf_counter() - started, [str(w.message) for w in caught])
+    opened = OpenedScene(reader, str(scene_path), time.perf_counter() - started, [str(w.message) for w in caught],
+                         inputs)
     try:
         reader.check_ends_readable()
         _check_against_scene(reader.scene, scene_path, targets, options)
@@ -277,22 +280,27 @@ def run_query(
     if not isinstance(scene, OpenedScene):
         with validate_query(scene, questions, targets, options) as opened:
             return _run(opened, questions, targets, segmenter, options, progress)
-    # Cheap to repeat, and the outputs may have appeared while the model loaded.
-    _check_request(scene.label, questions, targets, options)
+    # Cheap to repeat, and the outputs may have appeared while the model loaded; the scene's
+    # files were found when it was opened.
+    _check_request(scene.label, questions, targets, options, scene.inputs)
     _check_against_scene(scene.reader.scene, scene.label, targets, options)
     return _run(scene, questions, targets, segmenter, options, progress)
 
 
 def _check_request(
-    scene_path: "str | os.PathLike[str]", questions: Sequence[str], targets: Sequence[OutputTarget], options: QueryOptions
-) -> None:
-    """The checks that need neither the scene's contents nor the model."""
+    scene_path: "str | os.PathLike[str]", questions: Sequence[str], targets: Sequence[OutputTarget], options: QueryOptions,
+    inputs: Optional["InputFiles"] = None,
+) -> "InputFiles":
+    """The checks that need neither the scene's contents nor the model; the files the scene
+    reads (``inputs`` when already found)."""
     from .inputs import scene_inputs
 
     options.check()
     _check_questions(questions)
-    inputs = scene_inputs(scene_path)
+    if inputs is None:
+        inputs = scene_inputs(scene_path)
     _check_targets(inputs, questions, targets, options.overwrite)
+    return inputs
 
 
 def question_problem(question: object) -> Optional[str]:
