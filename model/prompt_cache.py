@@ -105,7 +105,7 @@ class PromptHeadCache:
         except Exception as exc:  # any unreadable file is a miss, never an error
             log.debug("prompt head cache %s unreadable (%s), recomputing", path, exc)
             return None
-        from .language import PrefixState  # transformers: imported only when a model runs
+        from .language import PrefixState  # the network: imported only when a model runs
 
         return PrefixState(keys=keys, values=values)
 

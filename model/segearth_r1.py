@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from .config import SegEarthR1Config
 from .description import DescriptionPerceiver, description_query, mean_over_spans
-from .language import PrefixState, SegEarthPhiModel, build_phi_config
+from .language import PrefixState, SegEarthPhiModel
 from .mask_decoder import MaskDecoder
 from .pixel_decoder import MSDeformAttnPixelDecoder
 from .projector import CompressionProjector
@@ -73,9 +73,7 @@ class SegEarthR1(nn.Module):
                 f"projector output {config.projector.out_channels} must equal the LLM width {lang.hidden_size}"
             )
         vision_tower = SwinEncoder(config.swin)
-        self.model = SegEarthPhiModel(
-            build_phi_config(lang, config.pad_token_id), vision_tower, CompressionProjector(config.projector)
-        )
+        self.model = SegEarthPhiModel(lang, vision_tower, CompressionProjector(config.projector))
         # Only the mask path is served; the LM head and the learned seg queries are kept so
         # that released checkpoints load strictly.
         self.lm_head = nn.Linear(lang.hidden_size, lang.vocab_size, bias=False)

@@ -2,7 +2,7 @@
 
 The released checkpoints were saved by transformers 4.36, whose Phi attention keeps one
 fused ``query_key_value`` projection laid out per head as ``[q_h0, k_h0, v_h0, q_h1, ...]``.
-Current transformers' ``PhiModel`` (which the network uses) has separate ``q_proj``,
+The network's Phi (:mod:`.language`, named as transformers' ``PhiModel``) has separate ``q_proj``,
 ``k_proj`` and ``v_proj``; everything else keeps its released name.
 """
 

@@ -61,7 +61,7 @@ def _reference_question(predictor: MaskPredictor, features, size, question: str)
             ],
             dim=1,
         )
-        hidden = model.model(inputs_embeds=sequence, use_cache=False).last_hidden_state
+        hidden, _ = model.model.run_after_prefix(sequence)
         pooled = hidden[:, -len(ids) :].mean(dim=1)
         query = description_query(
             pooled,
@@ -129,7 +129,7 @@ def test_image_side_runs_once_per_window_whatever_the_number_of_questions(tiny, 
 def test_prompt_head_runs_once_per_predictor_and_questions_in_chunks(tiny, windows):
     model, tokenizer = tiny
     predictor = MaskPredictor(model, tokenizer, max_rows=2)
-    language = CallCounter(model.model)
+    language = CallCounter(model.model.final_layernorm)  # once per language-model pass
     try:
         predictor.predict(windows[:1], QUESTIONS)
         first_call = list(language.batches)
@@ -232,7 +232,7 @@ def test_pairs_run_the_language_model_once_for_all_windows(tiny, windows):
     model, tokenizer = tiny
     predictor = MaskPredictor(model, tokenizer)
     predictor.predict_pairs(windows, QUESTIONS[:2])  # the prompt head is cached from here on
-    language = CallCounter(model.model)
+    language = CallCounter(model.model.final_layernorm)  # once per language-model pass
     vision = CallCounter(model.model.vision_tower)
     try:
         predictor.predict_pairs(windows, QUESTIONS[1:])
