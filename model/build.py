@@ -11,8 +11,14 @@ from torch import nn
 from .config import SegEarthR1Config
 from .errors import CheckpointError
 from .segearth_r1 import SegEarthR1
-from .state_dict import FUSED_QKV, convert_checkpoint_state_dict, to_release_state_dict
+from .state_dict import FUSED_QKV, SPLIT_QKV, convert_checkpoint_state_dict
 from .weights import cast_weight
+
+# torch.nn.init's in-place initialisers that modules' reset_parameters call.
+_INITIALISERS = (
+    "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+    "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_",
+)
 
 
 @contextmanager
@@ -21,7 +27,9 @@ def parameters_on_meta():
 
     Buffers the checkpoint does not carry (rotary frequencies, Swin's relative-position
     indices before loading) are computed in ``__init__`` and must keep their values, which a
-    plain ``torch.device("meta")`` context would throw away.
+    plain ``torch.device("meta")`` context would throw away. The modules' own random
+    initialisation of meta parameters is skipped: it would compute nothing, and torch runs
+    some of it (``normal_`` on meta) through its compiler stack, whose first import costs 1.2 s.
     """
     original = nn.Module.register_parameter
 
@@ -30,11 +38,22 @@ def parameters_on_meta():
         if param is not None and param.device.type != "meta":
             module._parameters[name] = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
 
+    def skipped_on_meta(initialise):
+        def initialise_unless_meta(tensor, *args, **kwargs):
+            return tensor if tensor.is_meta else initialise(tensor, *args, **kwargs)
+
+        return initialise_unless_meta
+
+    initialisers = {name: getattr(nn.init, name) for name in _INITIALISERS}
     nn.Module.register_parameter = register_on_meta
+    for name, initialise in initialisers.items():
+        setattr(nn.init, name, skipped_on_meta(initialise))
     try:
         yield
     finally:
         nn.Module.register_parameter = original
+        for name, initialise in initialisers.items():
+            setattr(nn.init, name, initialise)
 
 
 def build_empty_model(config: SegEarthR1Config) -> nn.Module:
@@ -46,10 +65,26 @@ def build_empty_model(config: SegEarthR1Config) -> nn.Module:
 def release_layout_shapes(model: nn.Module, config: SegEarthR1Config) -> dict[str, tuple[list[int], torch.dtype]]:
     """Every key a released checkpoint of this architecture holds, with its shape and module dtype.
 
-    ``model`` comes from :func:`build_empty_model`, so fusing its meta QKV parameters costs nothing.
+    Read from the shapes alone: ``model`` comes from :func:`build_empty_model`, and fusing
+    its meta QKV parameters as tensors would run torch's meta kernels through its compiler
+    stack (1.2 s to import on first use).
     """
-    release = to_release_state_dict(model.state_dict(), config)
-    return {key: (list(tensor.shape), tensor.dtype) for key, tensor in release.items()}
+    shapes: dict[str, tuple[list[int], torch.dtype]] = {}
+    pending: dict[str, list[torch.Tensor]] = {}
+    for key, tensor in model.state_dict().items():
+        match = SPLIT_QKV.match(key)
+        if match is None:
+            shapes[key] = (list(tensor.shape), tensor.dtype)
+            continue
+        prefix, _, kind = match.groups()
+        fused = f"{prefix}query_key_value.{kind}"
+        parts = pending.setdefault(fused, [])
+        parts.append(tensor)
+        if len(parts) == 3:
+            # q, k and v interleaved per head: their rows side by side.
+            shapes[fused] = ([sum(p.shape[0] for p in parts), *parts[0].shape[1:]], parts[0].dtype)
+            del pending[fused]
+    return shapes
 
 
 def _prepare(

@@ -10,6 +10,7 @@ from typing import Iterable, Iterator
 
 import torch
 
+from .build import build_empty_model, materialize, release_layout_shapes
 from .checkpoint_config import read_checkpoint_config
 from .device import resolve_device, resolve_dtype, resolve_precision
 from .errors import CheckpointError
@@ -29,7 +30,7 @@ class _ReadAhead:
     """Runs an iterator in a thread of its own and hands its items over in order.
 
     Reading and casting the weights is torch's work, done with the GIL released, while
-    importing transformers and loading the tokenizer hold it: run side by side on two
+    loading the tokenizer and building the network hold it: run side by side on two
     cores they overlap instead of adding up.
     """
 
@@ -110,10 +111,6 @@ def _load_checkpoint(name_or_path, revision, device: torch.device, dtype: torch.
 
 
 def _build_and_fill(directory, config, name, entries, weights: _ReadAhead, device: torch.device, dtype: torch.dtype):
-    # Imported here, not at the top: the network imports transformers, which takes seconds
-    # that the weights' read-ahead thread overlaps.
-    from .build import build_empty_model, materialize, release_layout_shapes
-
     tokenizer = load_tokenizer(directory)
     try:
         special = special_token_ids(tokenizer)
