@@ -200,6 +200,30 @@ def test_official_numerics_round_weights_through_float16(tiny, release_dir):
     assert not torch.equal(value, original["model.layers.0.mlp.fc1.weight"])
 
 
+def test_rounding_through_float16_in_chunks_equals_rounding_whole_tensors(monkeypatch):
+    from segearth_model import weights
+
+    # Chunks of 7 elements: tensors shorter than a chunk, several chunks and a partial last one.
+    monkeypatch.setattr(weights, "_ROUNDING_CHUNK", 7)
+    generator = torch.Generator().manual_seed(3)
+    extremes = torch.tensor([1e-8, -3e-6, 6e-5, 7e4, -1e5, 0.0, -0.0, 1.0 / 3.0], dtype=torch.bfloat16)
+    tensors = {
+        "small": torch.randn(5, generator=generator).to(torch.bfloat16),
+        "extremes": extremes,
+        "matrix": (torch.randn(6, 9, generator=generator) * 10 ** torch.randint(-7, 5, (6, 9), generator=generator)).to(torch.bfloat16),
+        "transposed": torch.randn(4, 5, generator=generator).to(torch.bfloat16).t(),
+        "index": torch.arange(10),
+    }
+    owned = dict(weights.owned_tensors(iter(tensors.items()), torch.device("cpu"), torch.float32, True))
+    for key, tensor in tensors.items():
+        expected = tensor.half().float() if tensor.is_floating_point() else tensor
+        assert owned[key].dtype == expected.dtype and owned[key].shape == expected.shape, key
+        # equal, signed zeros and infinities included
+        assert torch.equal(owned[key], expected) and torch.equal(torch.signbit(owned[key]), torch.signbit(expected)), key
+        assert owned[key].data_ptr() != tensor.data_ptr(), key
+    assert torch.isinf(owned["extremes"]).sum() == 2 and (owned["extremes"] == 0).sum() == 3
+
+
 def test_sharded_safetensors(tiny, tmp_path):
     model, tokenizer = tiny
     save_release_layout(model, tokenizer, tmp_path, dtype=torch.float32, max_shard_bytes=1_000_000)
