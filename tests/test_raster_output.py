@@ -185,3 +185,21 @@ def test_overview_factors_stop_when_one_tile_holds_the_image():
     assert overview_factors(512, 300) == []
     assert overview_factors(513, 10) == [2]
     assert overview_factors(36000, 18000) == [2, 4, 8, 16, 32, 64, 128]
+
+
+@pytest.mark.parametrize("width", [700, 9000])
+def test_read_back_finds_a_block_cut_off_the_end_of_the_file(tmp_path, width):
+    from segearth_cli.outputs.raster import _read_back
+
+    path = tmp_path / "cut.tif"
+    # Incompressible noise, so the last block's bytes are the end of the file.
+    pixels = np.random.default_rng(5).integers(0, 256, (1, 1100, width), dtype=np.uint8)
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=1100, count=1, dtype="uint8", tiled=True,
+                       blockxsize=256, blockysize=256, compress="deflate", crs="EPSG:32633",
+                       transform=Affine(1, 0, 500000, 0, -1, 5000000)) as dst:
+        dst.write(pixels)
+    _read_back(path)
+    with open(path, "r+b") as handle:
+        handle.truncate(path.stat().st_size - 2000)
+    with pytest.raises(rasterio.errors.RasterioError):
+        _read_back(path)

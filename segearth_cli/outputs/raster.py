@@ -230,9 +230,16 @@ def _read_back(path: Path) -> None:
 
     with rasterio.Env(GDAL_PAM_ENABLED="NO"), warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as written:
-            for _, window in written.block_windows(1):
-                written.read(window=window)
+        # Up to 16 blocks of a tile row per request, decoded by GDAL on every core: 0.25 -
+        # 0.34 s instead of 0.5 s for a 20000 x 20000 mask on two cores, at the end of every
+        # query, with memory bounded by the request's width.
+        with rasterio.open(path, NUM_THREADS="ALL_CPUS") as written:
+            rows, cols = written.block_shapes[0]
+            step = 16 * cols
+            for row_off in range(0, written.height, rows):
+                for col_off in range(0, written.width, step):
+                    written.read(window=rasterio.windows.Window(
+                        col_off, row_off, min(step, written.width - col_off), min(rows, written.height - row_off)))
 
 
 class _TileRows:
