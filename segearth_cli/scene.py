@@ -506,8 +506,12 @@ def canvas_rgb(rgb: np.ndarray, window: Window) -> np.ndarray:
 
     The official rule: ``cv2.resize`` with ``INTER_LINEAR`` to the destination size, centred
     on a zero canvas of ``window.size``. Applied to a whole image at full resolution this is
-    ``resize_and_pad``, bit for bit.
+    ``resize_and_pad``, bit for bit. ``rgb`` itself is handed back when it already is the
+    whole canvas (a C-contiguous uint8 footprint read at the canvas size): most windows of
+    a tiled plan, whose copy would cost the readers 3 MB each.
     """
+    if _is_whole_canvas(rgb, window, (3, window.size, window.size), np.uint8):
+        return rgb
     canvas = np.zeros((3, window.size, window.size), dtype=np.uint8)
     rows, cols = window.dst_slices
     destination = (window.dst_width, window.dst_height)
@@ -521,13 +525,26 @@ def canvas_rgb(rgb: np.ndarray, window: Window) -> np.ndarray:
 
 
 def canvas_validity(valid: np.ndarray, window: Window) -> np.ndarray:
-    """A footprint's validity (h, w) on the window's canvas (S, S): the same geometry, by ``INTER_NEAREST``."""
+    """A footprint's validity (h, w) on the window's canvas (S, S): the same geometry, by
+    ``INTER_NEAREST``; ``valid`` itself when it already is the whole canvas."""
+    if _is_whole_canvas(valid, window, (window.size, window.size), np.bool_):
+        return valid
     canvas = np.zeros((window.size, window.size), dtype=bool)
     if valid.shape != (window.dst_height, window.dst_width):
         as_bytes = np.ascontiguousarray(valid, dtype=np.uint8)
         valid = cv2.resize(as_bytes, (window.dst_width, window.dst_height), interpolation=cv2.INTER_NEAREST) > 0
     canvas[window.dst_slices] = valid
     return canvas
+
+
+def _is_whole_canvas(array: np.ndarray, window: Window, shape: tuple[int, ...], dtype) -> bool:
+    return (
+        window.dst_height == window.size
+        and window.dst_width == window.size
+        and array.shape == shape
+        and array.dtype == dtype
+        and array.flags.c_contiguous
+    )
 
 
 def overview_size(width: int, height: int, max_side: int) -> tuple[int, int]:
