@@ -4,8 +4,8 @@ Reader threads, each with its own handle on the scene (GDAL decodes with the GIL
 released), read windows ahead in plan order; the calling thread groups them into batches;
 one thread per model replica (one per GPU) runs the batches and, where footprints are no
 larger than canvases, maps the answers onto them (on the replica's GPU when it has one); a
-writer thread blends the answers in plan order and hands every finished row block on. Each
-hand-over is bounded, so memory depends on the window size, the batch size and the number
+writer thread blends the answers in plan order; a sink thread hands every finished row
+block to the outputs, so blending and writing overlap too. Each hand-over is bounded, so memory depends on the window size, the batch size and the number
 of replicas, never on the scene; and answers are blended in plan order whatever finished
 first, so the outputs are the same for any number of readers or replicas.
 
@@ -277,13 +277,58 @@ class _Replicas:
                 self._shared.condition.notify_all()
 
 
-class _Writer:
-    """Blends finished batches in submission order and hands each finished row block to ``write``."""
+class _Sink:
+    """Hands finished row blocks to ``write``, in order, in a thread of its own.
 
-    def __init__(self, stitcher: Stitcher, write: Callable[[RowBlock], None], on_window: Optional[WindowCallback],
+    Writing a block (the mask's thresholds, compression, polygons) costs about as much as
+    blending the windows that finished it; in the blending thread the two added up and that
+    thread alone set the pace of a run whose model waits on nothing else. One block waits
+    at most, so the pipeline holds one more row block than before.
+    """
+
+    def __init__(self, write: Callable[[RowBlock], None], shared: _Shared):
+        self._write = write
+        self._shared = shared
+        self._waiting: Optional[RowBlock] = None
+        self._closed = False
+        self.thread = shared.thread(self._work, "segearth-sink")
+
+    def wait_for_room(self) -> None:
+        """Return once a block can be put without waiting; before the block is even made."""
+        with self._shared.condition:
+            self._shared.wait_for(lambda: self._waiting is None)
+
+    def put(self, block: RowBlock) -> None:
+        with self._shared.condition:
+            self._shared.wait_for(lambda: self._waiting is None)
+            self._waiting = block
+            self._shared.condition.notify_all()
+
+    def close(self) -> None:
+        """No more blocks: the thread ends once the last one is written."""
+        with self._shared.condition:
+            self._closed = True
+            self._shared.condition.notify_all()
+
+    def _work(self) -> None:
+        while True:
+            with self._shared.condition:
+                self._shared.wait_for(lambda: self._waiting is not None or self._closed)
+                block, self._waiting = self._waiting, None
+                self._shared.condition.notify_all()
+            if block is None:
+                return
+            self._write(block)
+            del block
+
+
+class _Writer:
+    """Blends finished batches in submission order and hands each finished row block to the sink."""
+
+    def __init__(self, stitcher: Stitcher, sink: _Sink, on_window: Optional[WindowCallback],
                  shared: _Shared, clock: Clock):
         self._stitcher = stitcher
-        self._write = write
+        self._sink = sink
         self._on_window = on_window
         self._shared = shared
         self._clock = clock
@@ -305,6 +350,7 @@ class _Writer:
                 self.in_flight.popleft()
                 self._shared.condition.notify_all()
         self._emit(self._stitcher.finish())
+        self._sink.close()
 
     def _blend(self, batch: _Batch) -> None:
         position = 0
@@ -322,15 +368,15 @@ class _Writer:
                 self._on_window(window, valid is not None)
 
     def _emit(self, blocks: Iterator[RowBlock]) -> None:
-        # One block at a time: a grid row of windows can release hundreds of megabytes of rows.
+        # One block at a time, made only once the sink has room: a grid row of windows can
+        # release hundreds of megabytes of rows.
         while True:
+            self._sink.wait_for_room()
             with self._clock("stitch"):
                 block = next(blocks, None)
             if block is None:
                 return
-            if self._shared.failure is not None:
-                raise _Stopped
-            self._write(block)
+            self._sink.put(block)
 
 
 def run_plan(
@@ -350,7 +396,7 @@ def run_plan(
 
     ``reader`` is a scene reader with ``twin()`` (each reader thread reads through its own
     twin); ``segmenter`` answers with every replica it has (see :func:`replicas_of`).
-    ``write`` and ``on_window`` are called from the writer thread. ``workers``: reader
+    ``write`` is called from the sink thread and ``on_window`` from the blending one. ``workers``: reader
     threads (None: :func:`default_workers`). ``reads``: a :class:`ReadAhead` already
     reading this very ``plan``, whose threads are used (``reader`` and ``workers`` are then
     ignored) and closed here. Returns once every row was written.
@@ -377,12 +423,13 @@ def _segment_and_blend(reads: ReadAhead, segmenter, questions: Sequence[str], wr
     shared = reads.shared
     stitcher = Stitcher(reads.plan, len(questions))
     models = _Replicas(replicas, questions, reads.plan.input_size, stitcher.takes_probabilities, shared, clock)
-    writer = _Writer(stitcher, write, on_window, shared, clock)
+    sink = _Sink(write, shared)
+    writer = _Writer(stitcher, sink, on_window, shared, clock)
     # One batch in each replica, one answered and waiting, and the one being blended: the
     # spare keeps the model busy while the writer releases a grid row of windows. The next
     # ones wait as reads, which are smaller than answers and are stacked in no time.
     most_in_flight = len(replicas) + 2
-    threads = [*models.threads, writer.thread]
+    threads = [*models.threads, writer.thread, sink.thread]
     for thread in threads:
         thread.start()
     try:
@@ -402,6 +449,7 @@ def _segment_and_blend(reads: ReadAhead, segmenter, questions: Sequence[str], wr
             models.close()
             shared.condition.notify_all()
         writer.thread.join()
+        sink.thread.join()
     except _Stopped:
         pass
     except BaseException as exc:  # an interrupt included: every stage must stop before it propagates

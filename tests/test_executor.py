@@ -101,6 +101,35 @@ def test_any_number_of_readers_gives_the_sequential_answer(scene, workers):
     assert pipeline_threads() == []
 
 
+def test_blending_goes_on_while_the_sink_writes_a_block(scene):
+    expected, expected_valid = sequential_answer(scene, CountingStandIn(), ["q"], batch_size=2)
+    blended = []
+    blocks = []
+    writing = threading.Event()
+    blending_went_on = threading.Event()
+
+    def on_window(window, ran_model):
+        blended.append(window)
+        if writing.is_set():
+            blending_went_on.set()
+
+    def write(block):
+        assert threading.current_thread().name == "segearth-sink"
+        if not blocks:
+            # The first block stays in the sink until the blend has taken another window.
+            writing.set()
+            assert blending_went_on.wait(timeout=30)
+        blocks.append(block)
+
+    with open_scene(scene) as reader:
+        plan = plan_windows(reader.scene, "tiled", INPUT, window=WINDOW)
+        run_plan(reader, plan, CountingStandIn(), ["q"], write, batch_size=2, workers=2, on_window=on_window)
+    assert len(blended) == len(plan)
+    np.testing.assert_array_equal(np.concatenate([b.valid for b in blocks]), expected_valid)
+    np.testing.assert_array_equal(np.concatenate([b.probabilities for b in blocks], axis=1), expected)
+    assert pipeline_threads() == []
+
+
 def test_two_model_copies_share_the_windows_and_give_the_one_copy_answer(scene):
     expected, expected_valid = sequential_answer(scene, CountingStandIn(), ["q"], batch_size=2)
     # Unequal speeds: batches finish out of order, yet are blended in plan order.
