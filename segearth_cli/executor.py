@@ -5,9 +5,10 @@ released), read windows ahead in plan order; the calling thread groups them into
 one thread per model replica (one per GPU) runs the batches and, where footprints are no
 larger than canvases, maps the answers onto them (on the replica's GPU when it has one); a
 writer thread blends the answers in plan order; a sink thread hands every finished row
-block to the outputs, so blending and writing overlap too. Each hand-over is bounded, so memory depends on the window size, the batch size and the number
-of replicas, never on the scene; and answers are blended in plan order whatever finished
-first, so the outputs are the same for any number of readers or replicas.
+block to the outputs, so blending and writing overlap too. Each hand-over is bounded, so
+memory depends on the window size, the batch size and the number of replicas, never on
+the scene; and answers are blended in plan order whatever finished first, so the outputs
+are the same for any number of readers or replicas.
 
 The reader threads can be started before the rest (:class:`ReadAhead`), so that a scene's
 first windows are read while the model is still busy with the previous scene's last ones.
@@ -281,9 +282,9 @@ class _Sink:
     """Hands finished row blocks to ``write``, in order, in a thread of its own.
 
     Writing a block (the mask's thresholds, compression, polygons) costs about as much as
-    blending the windows that finished it; in the blending thread the two added up and that
-    thread alone set the pace of a run whose model waits on nothing else. One block waits
-    at most, so the pipeline holds one more row block than before.
+    blending the windows that finished it; in one thread the two add up, and that thread
+    alone would set the pace of a run whose model waits on nothing else. One block waits
+    at most while another is written, so two row blocks are held at a time.
     """
 
     def __init__(self, write: Callable[[RowBlock], None], shared: _Shared):
@@ -294,7 +295,7 @@ class _Sink:
         self.thread = shared.thread(self._work, "segearth-sink")
 
     def wait_for_room(self) -> None:
-        """Return once a block can be put without waiting; before the block is even made."""
+        """Wait until a block can be put; called before the block is made, so no third one exists."""
         with self._shared.condition:
             self._shared.wait_for(lambda: self._waiting is None)
 
@@ -396,8 +397,8 @@ def run_plan(
 
     ``reader`` is a scene reader with ``twin()`` (each reader thread reads through its own
     twin); ``segmenter`` answers with every replica it has (see :func:`replicas_of`).
-    ``write`` is called from the sink thread and ``on_window`` from the blending one. ``workers``: reader
-    threads (None: :func:`default_workers`). ``reads``: a :class:`ReadAhead` already
+    ``write`` is called from the sink thread, ``on_window`` from the writer (blending)
+    thread. ``workers``: reader threads (None: :func:`default_workers`). ``reads``: a :class:`ReadAhead` already
     reading this very ``plan``, whose threads are used (``reader`` and ``workers`` are then
     ignored) and closed here. Returns once every row was written.
     """
