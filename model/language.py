@@ -42,11 +42,7 @@ def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
-def _gelu_erf(x: torch.Tensor) -> torch.Tensor:
-    return F.gelu(x)
-
-
-ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"gelu_new": _gelu_tanh, "gelu": _gelu_erf}
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"gelu_new": _gelu_tanh, "gelu": F.gelu}
 
 
 class RotaryEmbedding(nn.Module):
@@ -86,8 +82,8 @@ def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_
 def causal_mask(prefix_length: int, length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
     """Additive mask (1, 1, L, prefix + L) that hides later positions; None for one token.
 
-    The lowest finite value, not -inf, as transformers' eager mask: softmax gives exactly 0
-    either way, and the scores keep the values they had there.
+    Hidden scores get the dtype's lowest finite value added, as in transformers' eager
+    attention, and so come out of the softmax as exactly 0.
     """
     if length == 1:
         return None
