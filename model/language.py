@@ -92,6 +92,9 @@ def causal_mask(prefix_length: int, length: int, dtype: torch.dtype, device: tor
 
 
 class PhiAttention(nn.Module):
+    """Eager attention with a float32 softmax, as the released model ran it: fused kernels
+    (SDPA) reorder the reductions and would cost parity."""
+
     def __init__(self, language: LanguageConfig):
         super().__init__()
         self.head_dim = language.head_dim
