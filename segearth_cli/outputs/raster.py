@@ -61,14 +61,17 @@ _CREATION_OPTIONS = {
 _STAGING_OPTIONS = dict(_CREATION_OPTIONS, zlevel=1)
 
 
-def answer_mask(probability: np.ndarray, valid: np.ndarray, threshold: float) -> np.ndarray:
+def answer_mask(probability: np.ndarray, valid: np.ndarray, threshold: float,
+                out: Optional[np.ndarray] = None) -> np.ndarray:
     """Pixels that answer the question: probability strictly above ``threshold`` on valid input.
 
     Strictly above, so that the default 0.5 is the paper's ``logit > 0``. Shared by every
-    output so the raster, the polygons and the quicklook agree pixel for pixel.
+    output so the raster, the polygons and the quicklook agree pixel for pixel. ``out``: a
+    bool array to fill instead of a new one.
     """
-
-    return (probability > threshold) & valid
+    mask = np.greater(probability, threshold, out=out)
+    mask &= valid
+    return mask
 
 
 def scale_probability(probability: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -266,8 +269,9 @@ class _TileRows:
         for plane, index in enumerate(question_indexes):
             probability = block.probabilities[index, start : start + take]
             out = self.masks[plane, target]
-            out[...] = answer_mask(probability, valid, threshold).view(np.uint8)
-            out[~valid] = NODATA
+            answer_mask(probability, valid, threshold, out=out.view(bool))
+            if not valid.all():
+                np.copyto(out, np.uint8(NODATA), where=~valid)
             if self.probabilities is not None:
                 self.probabilities[plane, target] = scale_probability(probability, valid)
         self.fill += take
