@@ -337,8 +337,10 @@ class _WindowBlend:
         b1 = min(stop - self._base, self.rows)
         held = max(0, b1 - b0)
         shape = (self.num_questions, stop - start, self.width)
-        probabilities = np.empty(shape, np.float32) if held == stop - start else np.zeros(shape, np.float32)
-        valid = np.zeros((stop - start, self.width), dtype=bool)
+        # Rows the accumulators hold are all overwritten below; only uncovered ones need zeros.
+        filled = held == stop - start
+        probabilities = np.empty(shape, np.float32) if filled else np.zeros(shape, np.float32)
+        valid = (np.empty if filled else np.zeros)((stop - start, self.width), dtype=bool)
         if held:
             wsum = self._wsum[b0:b1]
             acc = self._acc[:, b0:b1]
