@@ -9,9 +9,11 @@ Runs ``run_query`` (readers -> stand-in segmenter -> blend -> mask GeoTIFF) over
   temporary folder, never held in memory),
 
 with a stand-in segmenter that costs D ms per batch of 8 windows with the GIL released
-(``time.sleep``: what a GPU looks like from the CPU), for each D of ``--delays``. For each
-scene it prints the readers alone (the same reader threads reading every window, nothing
-else), the segmenter alone (8000 / D windows/s), and end to end: windows/s, its ratio to
+(``time.sleep`` for what filling its answers leaves of D: what a GPU looks like from the
+CPU), for each D of ``--delays``. For each scene it prints the readers alone (the same
+reader threads reading every window, nothing else), the segmenter alone (its own call
+timed by itself: 8000 / D windows/s, or the cost of filling answers where D is less), and
+end to end: windows/s, its ratio to
 the slower of the two alone, megapixels per wall and per CPU second (on a shared machine
 wall time includes waiting for a core) and peak resident memory. Each measurement runs
 in its own process so its peak RSS (``ru_maxrss``) is its own.
