@@ -345,10 +345,12 @@ class _WindowBlend:
             wsum = self._wsum[b0:b1]
             acc = self._acc[:, b0:b1]
             np.greater(wsum, 0, out=valid[:held])
-            # Where no weight arrived the accumulator is 0 too, so dividing by a tiny
-            # positive number yields the 0 wanted there, without a masked division. The
-            # weights are zeroed below, so they can hold the divisor.
-            np.maximum(wsum, np.float32(1e-30), out=wsum)
+            if not valid[:held].all():
+                # Where no weight arrived the accumulator is 0 too, so dividing by a tiny
+                # positive number yields the 0 wanted there, without a masked division.
+                # The weights are zeroed below, so they can hold the divisor. (Weights that
+                # arrived are products of ramp values, far above 1e-30.)
+                np.maximum(wsum, np.float32(1e-30), out=wsum)
             out = probabilities[:, :held]
             np.divide(acc, wsum, out=out)
             np.minimum(out, np.float32(1.0), out=out)
