@@ -132,10 +132,10 @@ def ray_main(args: argparse.Namespace, worker_counts: list[int]) -> None:
     import ray
     import torch
 
-    from segearth_cli.batch import model_identity, read_jobs, run_batch
-    from segearth_cli.commands.query import compute_dtype, load_segmenter
+    from segearth_cli.batch import read_jobs, run_batch
     from segearth_cli.query import QueryOptions
     from segearth_cli.ray_engine import RayCluster
+    from segearth_cli.segmenter import compute_dtype, load_segmenter, model_identity
 
     questions = QUESTIONS[: args.questions]
     pairs = args.scenes * args.questions
@@ -176,17 +176,17 @@ def ray_main(args: argparse.Namespace, worker_counts: list[int]) -> None:
         torch.set_num_threads(args.cpus_per_worker)
         try:
             local_jobs = write_jobs(root / "local.csv", scenes, questions, "local")
-            local = timed_run(lambda jobs: run_batch(jobs, load, options, model=model), local_jobs)
-            local_skip, _ = timed_run(lambda jobs: run_batch(jobs, load, options, model=model), local_jobs)
+            run_local = functools.partial(run_batch, segmenter=load, options=options, model=model)
+            local = timed_run(run_local, local_jobs)
+            local_skip, _ = timed_run(run_local, local_jobs)
         finally:
             torch.set_num_threads(threads)
         on_ray, ray_skip = {}, 0.0
         for count, shape in shapes.items():
             jobs_file = write_jobs(root / f"ray{count}.csv", scenes, questions, f"ray{count}")
-            on_ray[count] = timed_run(lambda jobs: cluster.run_batch(jobs, load, options, model=model, shape=shape),
-                                      jobs_file)
-            ray_skip, _ = timed_run(lambda jobs: cluster.run_batch(jobs, load, options, model=model, shape=shape),
-                                    jobs_file)
+            run_on_ray = functools.partial(cluster.run_batch, load=load, options=options, model=model, shape=shape)
+            on_ray[count] = timed_run(run_on_ray, jobs_file)
+            ray_skip, _ = timed_run(run_on_ray, jobs_file)
     ray.shutdown()
 
     first = worker_counts[0]

@@ -95,7 +95,7 @@ def write_release(directory: Path, tokenizer_dir: Path, seed: int) -> None:
     model = build_empty_model(config)  # shapes and module types only; no weight memory
     owners = parameter_owners(model)
     integer_buffers = {k: v for k, v in model.state_dict().items() if not v.is_floating_point()}
-    shapes = release_layout_shapes(model, config)
+    shapes = release_layout_shapes(model)
     if MANIFEST.is_file():
         manifest = json.loads(MANIFEST.read_text())
         hf_config = manifest["config_json_as_saved"]

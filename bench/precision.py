@@ -71,18 +71,6 @@ def print_table(rows: list[tuple[str, int, int, float, float]], windows: int) ->
 # ---------------------------------------------------------------------------------------
 
 
-def tiny_checkpoint(directory: Path) -> Path:
-    """The fixture's weights and configuration as a checkpoint directory ``load_pretrained`` reads."""
-    from segearth_model.tiny_random import build_tiny_tokenizer
-
-    hf_config = json.loads((CONFORMANCE / "tiny_config.json").read_text())["hf_config_json_as_saved"]
-    (directory / "config.json").write_text(json.dumps(hf_config))
-    (directory / "model.safetensors").write_bytes((CONFORMANCE / "tiny_weights.safetensors").read_bytes())
-    # The fixture's token ids are used as they are; the tokenizer only has to load.
-    build_tiny_tokenizer().save_pretrained(str(directory))
-    return directory
-
-
 def fixture_logits(model, inputs) -> np.ndarray:
     """Mask logits (S, S) of the fixture's sample, from its own token ids."""
     import torch
@@ -107,11 +95,13 @@ def run_tiny(threads: int) -> None:
     torch.set_num_threads(threads)
     if not CONFORMANCE.is_dir():
         raise SystemExit(f"{CONFORMANCE}: conformance fixture not found")
+    sys.path.insert(0, str(REPO / "tests"))
+    from conformance import write_fixture_checkpoint
     inputs = load_file(str(CONFORMANCE / "tiny_inputs.safetensors"))
     official = load_file(str(CONFORMANCE / "tiny_outputs.safetensors"))["final.mask_logits_upsampled"][0].numpy()
     rows = []
     with tempfile.TemporaryDirectory(prefix="segearth-precision-") as temporary:
-        checkpoint = tiny_checkpoint(Path(temporary))
+        checkpoint = write_fixture_checkpoint(Path(temporary))
         reference = None
         for name in PRECISIONS:
             model, _ = load_pretrained(checkpoint, device="cpu", dtype=name)

@@ -11,7 +11,7 @@ from torch import nn
 from .config import SegEarthR1Config
 from .errors import CheckpointError
 from .segearth_r1 import SegEarthR1
-from .state_dict import FUSED_QKV, SPLIT_QKV, convert_checkpoint_state_dict
+from .state_dict import FUSED_QKV, convert_checkpoint_state_dict, release_entries
 from .weights import cast_weight
 
 # torch.nn.init's in-place initialisers that modules' reset_parameters call.
@@ -62,7 +62,7 @@ def build_empty_model(config: SegEarthR1Config) -> nn.Module:
         return SegEarthR1(config)
 
 
-def release_layout_shapes(model: nn.Module, config: SegEarthR1Config) -> dict[str, tuple[list[int], torch.dtype]]:
+def release_layout_shapes(model: nn.Module) -> dict[str, tuple[list[int], torch.dtype]]:
     """Every key a released checkpoint of this architecture holds, with its shape and module dtype.
 
     Read from the shapes alone: ``model`` comes from :func:`build_empty_model`, and fusing
@@ -70,20 +70,12 @@ def release_layout_shapes(model: nn.Module, config: SegEarthR1Config) -> dict[st
     stack (1.2 s to import on first use).
     """
     shapes: dict[str, tuple[list[int], torch.dtype]] = {}
-    pending: dict[str, list[torch.Tensor]] = {}
-    for key, tensor in model.state_dict().items():
-        match = SPLIT_QKV.match(key)
-        if match is None:
-            shapes[key] = (list(tensor.shape), tensor.dtype)
-            continue
-        prefix, _, kind = match.groups()
-        fused = f"{prefix}query_key_value.{kind}"
-        parts = pending.setdefault(fused, [])
-        parts.append(tensor)
-        if len(parts) == 3:
+    for key, value in release_entries(model.state_dict()):
+        if isinstance(value, tuple):
             # q, k and v interleaved per head: their rows side by side.
-            shapes[fused] = ([sum(p.shape[0] for p in parts), *parts[0].shape[1:]], parts[0].dtype)
-            del pending[fused]
+            shapes[key] = ([sum(p.shape[0] for p in value), *value[0].shape[1:]], value[0].dtype)
+        else:
+            shapes[key] = (list(value.shape), value.dtype)
     return shapes
 
 

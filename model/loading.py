@@ -126,7 +126,7 @@ def _build_and_fill(directory, config, name, entries, weights: _ReadAhead, devic
         model = build_empty_model(config)
     except ValueError as exc:
         raise CheckpointError(f"{directory / CONFIG_FILE}: inconsistent architecture ({exc})") from exc
-    check_keys(name, entries, release_layout_shapes(model, config))
+    check_keys(name, entries, release_layout_shapes(model))
     # The read-ahead already rounded (official numerics) and cast every weight into memory
     # of our own; materialize only adopts them.
     model = materialize(model, config, iter(weights), device=device, dtype=dtype, source=str(name))

@@ -9,7 +9,7 @@ The network's Phi (:mod:`.language`, named as transformers' ``PhiModel``) has se
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import torch
 
@@ -61,31 +61,39 @@ def convert_checkpoint_state_dict(
     return out
 
 
+def release_entries(
+    sd: Mapping[str, torch.Tensor],
+) -> Iterator[tuple[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+    """Module-layout tensors under their released keys, in release order; a split Phi QKV
+    comes as its ``(q, k, v)`` parts under the fused key, once all three were seen."""
+    pending: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, tensor in sd.items():
+        match = SPLIT_QKV.match(key)
+        if match is None:
+            yield key, tensor
+            continue
+        prefix, name, kind = match.groups()
+        group = pending.setdefault((prefix, kind), {})
+        group[name] = tensor
+        if len(group) == 3:
+            del pending[(prefix, kind)]
+            yield f"{prefix}query_key_value.{kind}", tuple(group[n] for n in _PROJECTIONS)
+    if pending:
+        (prefix, kind), group = next(iter(pending.items()))
+        missing = next(n for n in _PROJECTIONS if n not in group)
+        raise CheckpointError(f"state dict: missing {prefix}{missing}.{kind} to fuse {prefix}query_key_value.{kind}")
+
+
 def to_release_state_dict(sd: Mapping[str, torch.Tensor], config: SegEarthR1Config) -> dict[str, torch.Tensor]:
     """Module layout -> released layout: the inverse of :func:`convert_checkpoint_state_dict`."""
     lang = config.language
     heads, head_dim, hidden = lang.num_attention_heads, lang.head_dim, lang.hidden_size
     out: dict[str, torch.Tensor] = {}
-    pending: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    for key, tensor in sd.items():
-        match = SPLIT_QKV.match(key)
-        if match is None:
-            out[key] = tensor
-            continue
-        prefix, name, kind = match.groups()
-        group = pending.setdefault((prefix, kind), {})
-        group[name] = tensor
-        if len(group) < 3:
-            continue
-        parts = [group[n] for n in _PROJECTIONS]
-        if kind == "weight":
-            fused = torch.stack([p.reshape(heads, head_dim, hidden) for p in parts], dim=1).reshape(3 * hidden, hidden)
-        else:
-            fused = torch.stack([p.reshape(heads, head_dim) for p in parts], dim=1).reshape(3 * hidden)
-        out[f"{prefix}query_key_value.{kind}"] = fused
-        del pending[(prefix, kind)]
-    if pending:
-        (prefix, kind), group = next(iter(pending.items()))
-        missing = next(n for n in _PROJECTIONS if n not in group)
-        raise CheckpointError(f"state dict: missing {prefix}{missing}.{kind} to fuse {prefix}query_key_value.{kind}")
+    for key, value in release_entries(sd):
+        if isinstance(value, tuple):
+            if key.endswith(".weight"):
+                value = torch.stack([p.reshape(heads, head_dim, hidden) for p in value], dim=1).reshape(3 * hidden, hidden)
+            else:
+                value = torch.stack([p.reshape(heads, head_dim) for p in value], dim=1).reshape(3 * hidden)
+        out[key] = value
     return out

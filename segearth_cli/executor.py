@@ -329,6 +329,8 @@ class _Writer:
     def __init__(self, stitcher: Stitcher, sink: _Sink, on_window: Optional[WindowCallback],
                  shared: _Shared, clock: Clock):
         self._stitcher = stitcher
+        # The answers' form is the plan's: probabilities over footprints, or canvas logits.
+        self._add = stitcher.add_probabilities if stitcher.takes_probabilities else stitcher.add
         self._sink = sink
         self._on_window = on_window
         self._shared = shared
@@ -359,11 +361,7 @@ class _Writer:
             if valid is None:
                 self._emit(self._stitcher.skip(window))
             else:
-                answer = batch.answers[position]
-                if self._stitcher.takes_probabilities:
-                    self._emit(self._stitcher.add_probabilities(window, answer, valid))
-                else:
-                    self._emit(self._stitcher.add(window, answer, valid))
+                self._emit(self._add(window, batch.answers[position], valid))
                 position += 1
             if self._on_window is not None:
                 self._on_window(window, valid is not None)

@@ -197,11 +197,10 @@ class OpenedScene:
         from .executor import ReadAhead
 
         self.stop_reading()
-        clock = _Clock()
-        with clock("plan"):
-            plan = _plan(self.reader.scene, input_size, options)
+        # Not timed: the query plans again to check these are its windows, and times that.
+        plan = _plan(self.reader.scene, input_size, options)
         self._reads = ReadAhead(self.reader, plan, workers=options.workers, batch_size=options.batch_size,
-                                clock=clock)
+                                clock=_Clock())
 
     def stop_reading(self) -> None:
         if self._reads is not None:

@@ -53,7 +53,7 @@ from .batch import (
     scene_identity,
     skip_current_jobs,
 )
-from .errors import EXIT_FAILURE, SegearthError, UsageError, first_line
+from .errors import EXIT_FAILURE, SegearthError, UsageError, first_line, one_line
 from .process import share_one_malloc_arena
 
 log = logging.getLogger(__name__)
@@ -396,6 +396,6 @@ def _reason(exc: BaseException) -> str:
     """One line for a Ray error: the worker's own exception when there is one, else Ray's first line."""
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException):
-        text = " ".join(str(cause).split())
+        text = one_line(cause)
         return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
     return first_line(exc)

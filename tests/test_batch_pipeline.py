@@ -37,6 +37,7 @@ from segearth_cli.query import QueryOptions
 from segearth_cli.scene import SceneReader
 from segearth_cli.segmenter import PixelFunctionSegmenter
 from test_batch import damaged_scene, leftovers, write_jobs_csv
+from test_executor import pipeline_threads
 from test_interrupt import wait_until
 
 INPUT = 64
@@ -79,10 +80,6 @@ def make_jobs(folder: Path, scenes: list[Path], kinds=(".tif", ".geojson"), out:
 
 def options(**changes) -> QueryOptions:
     return QueryOptions(**{"mode": "tiled", "window": INPUT, "batch_size": 2, "workers": 2, **changes})
-
-
-def pipeline_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("segearth-")]
 
 
 def assert_nothing_left_of(jobs, out: Path) -> None:

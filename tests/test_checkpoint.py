@@ -118,7 +118,7 @@ def test_full_size_model_reads_exactly_the_released_keys():
 
     expected = {key: info["shape"] for key, info in manifest.items()}
     assert len(expected) == 935
-    shapes = release_layout_shapes(model, config)
+    shapes = release_layout_shapes(model)
     assert {key: shape for key, (shape, _) in shapes.items()} == expected
     for key, (_, dtype) in shapes.items():
         assert dtype == (torch.int64 if manifest[key]["kind"] == "buffer" else torch.float32), key
@@ -133,7 +133,7 @@ def test_full_size_model_reads_exactly_the_released_keys():
 def test_unused_tensors_are_accounted_for_by_name():
     manifest = json.loads(conformance_file("state_dict_manifest.json").read_text())["state_dict"]
     config = SegEarthR1Config()
-    shapes = release_layout_shapes(build_empty_model(config), config)
+    shapes = release_layout_shapes(build_empty_model(config))
     unused = [key for key in shapes if UNUSED_AT_INFERENCE.match(key)]
     assert "lm_head.weight" in unused and "seg_query" in unused and "predictor.CLASS_proj.layers.1.bias" in unused
     assert len(unused) == 14
@@ -335,7 +335,7 @@ def test_missing_config_and_missing_weights(release_dir, tmp_path):
 def test_check_keys_accepts_exactly_the_model_keys(release_dir):
     config = SegEarthR1Config.tiny()
     name, entries = index_checkpoint(release_dir)
-    check_keys(name, entries, release_layout_shapes(build_empty_model(config), config))
+    check_keys(name, entries, release_layout_shapes(build_empty_model(config)))
 
 
 def test_fixture_checkpoint_loads_with_its_tiny_config(tmp_path):

@@ -30,6 +30,7 @@ from segearth_cli.evaluate import (
     read_dataset,
     write_per_sample_csv,
 )
+from test_executor import pipeline_threads
 
 S = 32
 
@@ -387,7 +388,7 @@ def test_the_next_image_is_read_while_the_model_runs(tmp_path, monkeypatch):
                 for n, h, w in sorted(SHAPES)]
     assert_protocol(report.official, official)
     assert_protocol(report.original_size, [(truth[n][0], truth[n][1]) for n, _, _ in sorted(SHAPES)])
-    assert [t.name for t in threading.enumerate() if t.name.startswith("segearth-")] == []
+    assert pipeline_threads() == []
 
 
 def test_an_unreadable_image_fails_at_its_turn_and_stops_the_reader(tmp_path):
@@ -401,7 +402,7 @@ def test_an_unreadable_image_fails_at_its_turn_and_stops_the_reader(tmp_path):
         evaluate(samples, segmenter, batch_size=1, progress=lambda done, total, giou: seen.append(done))
     # The samples before it were scored and reported, as when images were read one at a time.
     assert seen == [1, 2] and len(segmenter.calls) == 2
-    assert [t.name for t in threading.enumerate() if t.name.startswith("segearth-")] == []
+    assert pipeline_threads() == []
 
 
 def test_json_document_has_exact_schema(tmp_path):

@@ -137,14 +137,15 @@ def batch_command(
     limits = model_limits(model, revision, task)
     check_job_questions(jobs, job_list, limits.check_questions)
 
-    def model_for(run_device: str, run_dtype: str, recorded_dtype):
-        """The model identity the records hold, and a picklable loader, for where the model runs."""
-        identity = model_identity(model, revision, dtype=recorded_dtype, task=task)
+    def model_for(run_device: str, precision: str):
+        """The model identity the records hold, and a picklable loader, for where the model runs
+        and the precision it computes in there."""
+        identity = model_identity(model, revision, dtype=precision, task=task)
         # Load the very commit the records name, even if "main" moves while this run is going.
         load_revision = pinned_revision(model, revision, identity)
 
         def load():
-            return load_segmenter(model, revision=load_revision, device=run_device, dtype=run_dtype, task=task,
+            return load_segmenter(model, revision=load_revision, device=run_device, dtype=precision, task=task,
                                   quiet=quiet, identity=identity)
 
         return identity, load
@@ -176,7 +177,7 @@ def batch_command(
                               address=address, workers=ray_workers, cpus_per_worker=cpus_per_worker, force=force,
                               wait=wait, input_size=limits.input_size)
     else:
-        identity, load = model_for(device, dtype, compute_dtype(device, dtype))
+        identity, load = model_for(device, compute_dtype(device, dtype))
         outcome = with_report(functools.partial(run_batch, job_list, load, options, model=identity, force=force,
                                                 wait=wait, input_size=limits.input_size))
 
@@ -214,7 +215,7 @@ def _run_on_ray(job_list, options, model_for, with_report, *, device: str, dtype
         # What "auto" means is up to the workers' GPUs, not the driver's: ask one. Every
         # worker then loads that dtype by name, so the records hold what was computed.
         resolve = functools.partial(compute_dtype, shape.device, dtype)
-        run_dtype = cluster.run_once(shape, resolve) if shape.gpus else resolve()
-        identity, load = model_for(shape.device, str(run_dtype).removeprefix("torch."), run_dtype)
+        precision = cluster.run_once(shape, resolve) if shape.gpus else resolve()
+        identity, load = model_for(shape.device, precision)
         return with_report(functools.partial(cluster.run_batch, job_list, load, options, model=identity, shape=shape,
                                              force=force, wait=wait, input_size=input_size))

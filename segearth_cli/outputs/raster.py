@@ -61,6 +61,11 @@ _CREATION_OPTIONS = {
 _STAGING_OPTIONS = dict(_CREATION_OPTIONS, zlevel=1)
 
 
+def scene_transform(scene) -> Affine:
+    """The scene's geotransform as an ``Affine`` (it may come as any six-or-more-number sequence)."""
+    return Affine(*tuple(scene.transform)[:6])
+
+
 def answer_mask(probability: np.ndarray, valid: np.ndarray, threshold: float,
                 out: Optional[np.ndarray] = None) -> np.ndarray:
     """Pixels that answer the question: probability strictly above ``threshold`` on valid input.
@@ -418,7 +423,7 @@ def _metadata_xml(tags: Mapping[str, str], indent: str) -> str:
 def _georeferencing(scene) -> dict:
     """The profile entries that put the output on the scene's grid (none for a bare pixel grid)."""
 
-    transform = Affine(*tuple(scene.transform)[:6]) if scene.transform is not None else Affine.identity()
+    transform = scene_transform(scene) if scene.transform is not None else Affine.identity()
     crs = scene.crs
     result: dict = {}
     if crs is not None or not transform.is_identity:

@@ -52,7 +52,7 @@ from affine import Affine
 from shapely.geometry import Polygon, box
 
 from ..errors import OutputError, UsageError, first_line
-from .raster import answer_mask
+from .raster import answer_mask, scene_transform
 
 LAYER_NAME = "answers"
 GEOJSON_DECIMALS = 7
@@ -302,10 +302,6 @@ def wgs84_problem(scene) -> Optional[str]:
     return None
 
 
-def scene_transform(scene) -> Affine:
-    return Affine(*tuple(scene.transform)[:6])
-
-
 def _transform_centre(transformer: pyproj.Transformer, transform: Affine, width: int,
                       height: int) -> tuple[float, float]:
     """The scene centre through ``transformer``; ProjError when PROJ has no finite answer.
@@ -494,7 +490,7 @@ class VectorSink:
         self.has_crs = self.has_grid and scene.crs is not None
         _refuse_unmeasurable(scene.path, self.has_grid, self.has_crs, self.pixel_coordinates,
                              self.min_area_m2 > 0 or self.simplify_m > 0)
-        self.transform = Affine(*tuple(scene.transform)[:6]) if self.has_grid else Affine.identity()
+        self.transform = scene_transform(scene) if self.has_grid else Affine.identity()
         self.geodesy = _Geodesy(scene.crs, self.transform, scene.width, scene.height) if self.has_crs else None
         self._trackers = {index: _ComponentTracker() for index in self.question_indexes}
         self._batches: dict[int, list[_Batch]] = {index: [] for index in self.question_indexes}
