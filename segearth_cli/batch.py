@@ -151,35 +151,49 @@ def check_job_questions(path: Path | str, jobs: Sequence[Job], check: Callable[[
 
 
 def check_paths(path: Path | str, jobs: Sequence[Job], report: Optional[Path] = None) -> None:
-    """Refuse, before any work, a run that would write onto a file it reads.
+    """Refuse, before any work, a run that would write onto a file it reads or writes twice.
 
     Every output, its record and lock, and the report are compared (real path, device and
     inode) with every file the scenes read (VRT sources, overviews, masks, side files) and
-    the job file; ``--overwrite`` changes nothing here. Names too long for the file system,
-    side files included, are refused too, and a report that is also an output.
+    the job file; ``--overwrite`` changes nothing here. They are also compared (real path)
+    with each other: one job's output may not be another's record or lock, nor the report
+    any of them. Names too long for the file system, side files included, are refused too.
     """
     from .atomic import OutputLock, check_name_fits
     from .query import refuse_input_as_output
 
     inputs = job_inputs_of(dict.fromkeys(job.scene for job in jobs))
     inputs.add(path)
-    outputs = {}
+    written: dict[str, str] = {}  # real path -> what the run writes there, in words
+
+    def claim(target: Path, role: str, where: str) -> None:
+        real = os.path.realpath(target)
+        taken = written.get(real)
+        if taken is not None and taken != role:
+            raise UsageError(f"{where}: {target} is {role} and also {taken}; choose another output path")
+        written[real] = role
+
     for job in jobs:
+        where = f"{path}: line {job.lines[0]}"
         for output in job.outputs:
             check_name_fits(output, (RECORD_SUFFIX, OutputLock.SUFFIX))
             refuse_input_as_output(inputs, output)
             refuse_input_as_output(inputs, record_path(output), f"the record of {output.name}, ")
             refuse_input_as_output(inputs, OutputLock(output).lock_path, f"the lock of {output.name}, ")
-            outputs[os.path.realpath(output)] = output
+            claim(output, f"the output of line {job.lines[0]}", where)
+            claim(record_path(output), f"the record of {output.name} (line {job.lines[0]})", where)
+            claim(OutputLock(output).lock_path, f"the lock of {output.name} (line {job.lines[0]})", where)
     if report is not None:
         refuse_input_as_output(inputs, report, "the --report file, ")
-        taken = outputs.get(os.path.realpath(report))
+        taken = written.get(os.path.realpath(report))
         if taken is not None:
-            raise UsageError(f"--report {report}: is also the output of a job; choose another report path")
+            raise UsageError(f"--report {report}: is also {taken}; choose another report path")
 
 
 def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    # Strict: a quote left open or text after a closing quote is an error, not a cell that
+    # silently swallowed the rest of the file or lost its quotes.
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
     header = [name.strip() for name in (reader.fieldnames or [])]
     if not header:
         raise UsageError(f"{path}: empty job file (expected the header 'scene,question,output')")
@@ -188,7 +202,16 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
             f"{path}: line 1: the header must be 'scene,question,output' (got '{','.join(header)}')"
         )
     reader.fieldnames = header
-    for row in reader:
+    line = reader.line_num
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # an unclosed quote, a cell over the csv module's size limit
+            # The bad row starts after the last good one (the reader's own count is not reliable here).
+            raise UsageError(f"{path}: line {line + 1}: not valid CSV ({exc}; a quoted cell must be quoted "
+                             f"whole and its quote closed)") from None
         line = reader.line_num
         if None in row:  # more cells than the header has names
             raise UsageError(f"{path}: line {line}: more than 3 columns (quote a question that contains a comma)")
@@ -198,13 +221,17 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    for line, raw in enumerate(text.splitlines(), start=1):
+    # Lines end at \n only (JSON Lines); str.splitlines() would also cut at U+2028, form
+    # feeds and other separators that JSON strings may hold as they are.
+    for line, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
             continue
         try:
             row = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise UsageError(f"{path}: line {line}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise UsageError(f"{path}: line {line}: not valid JSON (nested too deeply)") from None
         if not isinstance(row, dict):
             raise UsageError(f"{path}: line {line}: expected an object with scene, question and output")
         extra = sorted(set(row) - set(JOB_FIELDS))
@@ -219,7 +246,7 @@ def _looks_like_json_lines(path: Path, text: str) -> bool:
         return True
     if suffix in (".csv", ".tsv", ".txt"):
         return False
-    first = next((line for line in text.splitlines() if line.strip()), "")
+    first = next((line for line in text.split("\n") if line.strip()), "")
     return first.lstrip().startswith("{")
 
 
@@ -243,7 +270,8 @@ def read_jobs(path: Path | str) -> list[Job]:
     rows = _jsonl_rows(path, text) if _looks_like_json_lines(path, text) else _csv_rows(path, text)
 
     jobs: dict[tuple[Path, str], dict[str, Any]] = {}
-    owner_of_output: dict[Path, tuple[tuple[Path, str], int]] = {}
+    # By real path: two spellings of one file (a symlinked folder) are one output.
+    owner_of_output: dict[str, tuple[tuple[Path, str], int]] = {}
     for line, row in rows:
         where = f"{path}: line {line}"
         scene_text, question, output_text = (_clean_cell(row.get(key), key, where) for key in JOB_FIELDS)
@@ -253,12 +281,13 @@ def read_jobs(path: Path | str) -> list[Job]:
         if output == scene:
             raise UsageError(f"{where}: the output is the scene itself ({output})")
         key = (scene, question)
-        previous = owner_of_output.get(output)
+        real_output = os.path.realpath(output)
+        previous = owner_of_output.get(real_output)
         if previous is not None and previous[0] != key:
             raise UsageError(f"{where}: output {output} is also the output of a different job on line {previous[1]}")
         entry = jobs.setdefault(key, {"outputs": [], "lines": []})
         if previous is None:
-            owner_of_output[output] = (key, line)
+            owner_of_output[real_output] = (key, line)
             entry["outputs"].append(output)
         entry["lines"].append(line)
     if not jobs:

@@ -22,6 +22,7 @@ from segearth_cli.batch import (
     STATUS_OK,
     STATUS_SKIPPED,
     BatchSettings,
+    check_paths,
     group_by_scene,
     read_jobs,
     read_record,
@@ -133,16 +134,70 @@ def test_json_lines_job_file_is_read_the_same_way(tmp_path):
         ("jobs.jsonl", '{"scene": "a.tif", "question": "q"}\n', "line 1: missing 'output'"),
         ("jobs.jsonl", '{"scene": "a.tif", "question": "q", "output": "o.tif", "outptu": 1}\n', "line 1: unknown key"),
         ("jobs.jsonl", '["a.tif", "q", "o.tif"]\n', "line 1: expected an object"),
+        ("jobs.csv", 'scene,question,output\na.tif,"where is the roof,o.tif\n', "line 2: not valid CSV"),
+        ("jobs.csv", 'scene,question,output\na.tif,"where is" the roof,o.tif\n', "line 2: not valid CSV"),
+        ("jobs.csv", "scene,question,output\na.tif,q,o.tif\na.tif,{long},o.tif\n", "line 3: not valid CSV"),
+        ("jobs.jsonl", "{deep}\n", "line 1: not valid JSON (nested too deeply)"),
     ],
 )
 def test_bad_job_files_are_usage_errors_naming_file_and_line(tmp_path, name, content, expected):
     jobs_file = tmp_path / name
-    jobs_file.write_text(content)
+    # A cell over the csv module's size limit; JSON nested past the recursion limit.
+    jobs_file.write_text(content.replace("{long}", "x" * 140_000).replace("{deep}", "[" * 200_000))
     with pytest.raises(UsageError) as caught:
         read_jobs(jobs_file)
     assert str(jobs_file) in caught.value.message
     assert expected in caught.value.message
     assert caught.value.exit_code == 2
+
+
+def test_json_lines_end_at_newlines_only(tmp_path):
+    """A question may hold U+2028 or a form feed as they are; they end no line, so line numbers stay right."""
+    jobs_file = tmp_path / "jobs.jsonl"
+    question = "where is the pier\u2028or the quay?"
+    jobs_file.write_text(json.dumps({"scene": "a.tif", "question": question, "output": "o.tif"}, ensure_ascii=False)
+                         + "\n\x0c\n" + '{"scene": "a.tif"\n', encoding="utf-8")
+    with pytest.raises(UsageError, match="line 3: not valid JSON"):
+        read_jobs(jobs_file)
+    jobs_file.write_text(json.dumps({"scene": "a.tif", "question": question, "output": "o.tif"}, ensure_ascii=False),
+                         encoding="utf-8")
+    (job,) = read_jobs(jobs_file)
+    assert job.question == question
+
+
+def test_one_output_through_a_symlinked_folder_is_one_output(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "out")
+    jobs_file = write_jobs_csv(tmp_path / "jobs.csv", [("a.tif", "q", "out/x.tif"), ("b.tif", "q", "link/x.tif")])
+    with pytest.raises(UsageError, match="line 3: output .*link/x.tif is also the output of a different job on line 2"):
+        read_jobs(jobs_file)
+    # The same job naming it twice writes it once.
+    jobs_file = write_jobs_csv(tmp_path / "jobs.csv", [("a.tif", "q", "out/x.tif"), ("a.tif", "q", "link/x.tif")])
+    (job,) = read_jobs(jobs_file)
+    assert job.outputs == (tmp_path / "out" / "x.tif",)
+
+
+@pytest.mark.parametrize(("outputs", "expected"), [
+    (("out/x.tif", "out/x.tif.segearth.json"), r"line 3: .*x.tif.segearth.json is the output of line 3 and also "
+                                               r"the record of x.tif \(line 2\)"),
+    (("out/x.tif.segearth.json", "out/x.tif"), r"line 3: .*x.tif.segearth.json is the record of x.tif \(line 3\) "
+                                               r"and also the output of line 2"),
+])
+def test_an_output_that_is_another_jobs_record_is_refused(tmp_path, outputs, expected):
+    """Each run would overwrite the other job's record with a result, or the result with a record."""
+    scenes = [write_scene(tmp_path / "a.tif", 1), write_scene(tmp_path / "b.tif", 2)]
+    jobs_file = write_jobs_csv(tmp_path / "jobs.csv", [(scene.name, "q", output) for scene, output in zip(scenes, outputs)])
+    with pytest.raises(UsageError, match=expected) as caught:
+        check_paths(jobs_file, read_jobs(jobs_file))
+    assert str(jobs_file) in caught.value.message
+
+
+@pytest.mark.parametrize("report_name", ["out/x.tif", "out/x.tif.segearth.json", "out/x.tif.lock"])
+def test_a_report_onto_an_output_its_record_or_its_lock_is_refused(tmp_path, report_name):
+    scene = write_scene(tmp_path / "a.tif", 1)
+    jobs_file = write_jobs_csv(tmp_path / "jobs.csv", [(scene.name, "q", "out/x.tif")])
+    with pytest.raises(UsageError, match=f"--report .*{report_name.split('/')[-1]}: is also the"):
+        check_paths(jobs_file, read_jobs(jobs_file), tmp_path / report_name)
 
 
 def test_missing_job_file_is_a_usage_error(tmp_path):
