@@ -373,8 +373,14 @@ def refuse_input_as_output(inputs: "InputFiles", path: "str | os.PathLike[str]",
 
 def check_plan(opened: OpenedScene, input_size: int, options: QueryOptions) -> None:
     """UsageError when the windows of the scene cannot be planned for a model input of
-    ``input_size``: a plan over ``options.max_windows``, a ``--gsd`` finer than the scene."""
-    _plan(opened.reader.scene, input_size, options)
+    ``input_size``: a plan over ``options.max_windows``, a ``--gsd`` finer than the scene.
+    The message names the scene: in a batch, it is one job's among many."""
+    try:
+        _plan(opened.reader.scene, input_size, options)
+    except UsageError as exc:
+        if exc.message.startswith(f"{opened.label}: "):
+            raise
+        raise UsageError(f"{opened.label}: {exc.message}") from None
 
 
 def _plan(scene, input_size: int, options: QueryOptions) -> "WindowPlan":

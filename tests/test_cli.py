@@ -117,6 +117,14 @@ def test_usage_errors_exit_2(capsys, scene, tmp_path, args, fragment):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
 
 
+def test_a_plan_over_the_window_budget_exits_2_naming_the_scene(capsys, scene, tmp_path):
+    code, _, err = invoke(capsys, "query", scene, "q", "-o", tmp_path / "a.tif", "--model", "tiny-random",
+                          "--mode", "tiled", "--window", "32", "--max-windows", "3")
+    assert code == 2
+    assert_one_error_line(err, f"{scene}: --window 32 cuts the 200 x 150 px scene into", "--max-windows")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
+
+
 def test_unknown_output_extension_exits_2_naming_the_path(capsys, scene, tmp_path):
     code, _, err = invoke(capsys, "query", scene, "q", "-o", tmp_path / "answer.shp", "--model", "tiny-random")
     assert code == 2
