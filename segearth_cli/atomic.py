@@ -209,8 +209,25 @@ def check_target_writable(target: Path, overwrite: bool) -> None:
         raise OutputError(f"{target}: folder {folder} does not exist")
     if not folder.is_dir():
         raise OutputError(f"{target}: {folder} is not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"{target}: folder {folder} is not writable")
+    reason = folder_write_problem(folder)
+    if reason is not None:
+        raise OutputError(f"{target}: folder {folder} is not writable ({reason})")
+
+
+def folder_write_problem(folder: Path) -> str | None:
+    """Why no file can be created in ``folder``, or None when one can.
+
+    Found by creating (and removing) a temporary there: permission bits do not tell, for a
+    superuser, about immutable folders, or about file systems that refuse writes to anyone.
+    """
+    probe = temp_name_for(folder / "probe")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    os.close(fd)
+    _remove_quietly(probe)
+    return None
 
 
 class AtomicOutputs:

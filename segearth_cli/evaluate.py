@@ -45,7 +45,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Un
 import cv2
 import numpy as np
 
-from .atomic import write_atomically
+from .atomic import check_target_writable, folder_write_problem, write_atomically
 from .errors import InputError, OutputError, UsageError
 from .scene import canvas_rgb
 from .segmenter import PadInfo, Segmenter, fitted_size, resize_mask_nearest
@@ -118,6 +118,8 @@ class Sample:
     image_path: Path
     question: str
     target: Union[LabelFile, RleTarget]
+    #: Where the question was read (a file, with the line or record), for error messages.
+    question_source: str = ""
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -150,18 +152,25 @@ def read_dataset(root: Path, dataset: str, split: str) -> list[Sample]:
 
 
 def _unique_names(stems: Sequence[str]) -> list[str]:
-    """Keep each stem as it is unless it repeats (several expressions about one image)."""
+    """Keep each stem as it is unless it repeats (several expressions about one image); a
+    repeated stem is numbered ``_1``, ``_2``, ... skipping numbers that another name already
+    is (``a``, ``a`` and ``a_1`` become ``a_2``, ``a_3`` and ``a_1``)."""
     counts: dict[str, int] = {}
     for stem in stems:
         counts[stem] = counts.get(stem, 0) + 1
-    seen: dict[str, int] = {}
+    taken = {stem for stem, count in counts.items() if count == 1}
+    last: dict[str, int] = {}
     names = []
     for stem in stems:
         if counts[stem] == 1:
             names.append(stem)
-        else:
-            seen[stem] = seen.get(stem, 0) + 1
-            names.append(f"{stem}_{seen[stem]}")
+            continue
+        number = last.get(stem, 0) + 1
+        while f"{stem}_{number}" in taken:
+            number += 1
+        last[stem] = number
+        taken.add(f"{stem}_{number}")
+        names.append(f"{stem}_{number}")
     return names
 
 
@@ -240,7 +249,8 @@ def read_earthreason(root: Path, split: str) -> list[Sample]:
             raise InputError(f"{image}: sorts against {label.name} and {qa.name}; rename so all three sort alike")
 
     return [
-        Sample(name=image.stem, image_path=image, question=_first_question(qa), target=LabelFile(label, "nonzero"))
+        Sample(name=image.stem, image_path=image, question=_first_question(qa), target=LabelFile(label, "nonzero"),
+               question_source=str(qa))
         for image, label, qa in zip(images, labels, qas)
     ]
 
@@ -267,22 +277,23 @@ def read_refsegrs(root: Path, split: str) -> list[Sample]:
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{phrases_path}: cannot be read ({exc})") from None
     entries = []
-    for line in lines:
+    for number, line in enumerate(lines, start=1):
         # Lines that do not start with a numeric id are skipped, as the official reader does.
         match = _PHRASE_LINE.match(line.strip())
         if match:
-            entries.append((match.group(1), match.group(2)))
+            entries.append((match.group(1), match.group(2), number))
     if not entries:
         raise InputError(f"{phrases_path}: no '<id> <phrase>' lines")
     samples = []
-    names = _unique_names([ident for ident, _ in entries])
-    for name, (ident, phrase) in zip(names, entries):
+    names = _unique_names([ident for ident, _, _ in entries])
+    for name, (ident, phrase, number) in zip(names, entries):
         image, mask = base / "images" / f"{ident}.tif", base / "masks" / f"{ident}.tif"
         if not image.is_file():
             raise InputError(f"{image}: missing (listed in {phrases_path.name})")
         if not mask.is_file():
             raise InputError(f"{mask}: missing (listed in {phrases_path.name})")
-        samples.append(Sample(name=name, image_path=image, question=phrase, target=LabelFile(mask, "refsegrs")))
+        samples.append(Sample(name=name, image_path=image, question=phrase, target=LabelFile(mask, "refsegrs"),
+                              question_source=f"{phrases_path}: line {number}"))
     return samples
 
 
@@ -342,6 +353,9 @@ def read_rrsisd(root: Path, split: str) -> list[Sample]:
         image = images.get(image_id)
         if image is None or "file_name" not in image:
             raise InputError(f"{instances_path}: no image record {image_id} for expression {ref_id}")
+        if not isinstance(image["file_name"], str) or not image["file_name"].strip():
+            raise InputError(f"{instances_path}: image record {image_id} has no file name (file_name is "
+                             f"{image['file_name']!r})")
         annotation = annotations.get(ann_id)
         if annotation is None or "segmentation" not in annotation:
             raise InputError(f"{instances_path}: no annotation {ann_id} for expression {ref_id}")
@@ -349,10 +363,11 @@ def read_rrsisd(root: Path, split: str) -> list[Sample]:
         if not image_path.is_file():
             raise InputError(f"{image_path}: missing (image of expression {ref_id})")
         stems.append(Path(image["file_name"]).stem)
-        entries.append((image_path, sentence, RleTarget(annotation["segmentation"], f"{instances_path} annotation {ann_id}")))
+        entries.append((image_path, sentence, RleTarget(annotation["segmentation"], f"{instances_path} annotation {ann_id}"),
+                        f"{refs_path}: expression {ref_id}"))
     return [
-        Sample(name=name, image_path=path, question=sentence, target=target)
-        for name, (path, sentence, target) in zip(_unique_names(stems), entries)
+        Sample(name=name, image_path=path, question=sentence, target=target, question_source=source)
+        for name, (path, sentence, target, source) in zip(_unique_names(stems), entries)
     ]
 
 
@@ -373,6 +388,9 @@ def _rrsisd_expressions(refs_path: Path, split: str) -> list[tuple]:
                 chosen.append((ref["ref_id"], ref["ann_id"], ref["image_id"], ref["sentences"][0]["raw"]))
         except (KeyError, IndexError, TypeError):
             raise InputError(f"{refs_path}: an expression record lacks split, ids or a raw sentence") from None
+        if chosen and not isinstance(chosen[-1][3], str):
+            raise InputError(f"{refs_path}: expression {chosen[-1][0]}: the raw sentence is "
+                             f"{type(chosen[-1][3]).__name__}, not text")
     if not chosen:
         raise InputError(f"{refs_path}: no expressions in split {split!r}")
     return chosen
@@ -423,9 +441,14 @@ def _rle_to_mask(rle: dict, source: str) -> np.ndarray:
         counts = rle["counts"]
     except (KeyError, TypeError, ValueError):
         raise InputError(f"{source}: run-length segmentation lacks size or counts") from None
-    if isinstance(counts, bytes):
-        counts = counts.decode("ascii")
-    runs = _decode_rle_string(counts, source) if isinstance(counts, str) else [int(c) for c in counts]
+    if height < 1 or width < 1:
+        raise InputError(f"{source}: run-length segmentation of {height}x{width} pixels")
+    try:
+        if isinstance(counts, bytes):
+            counts = counts.decode("ascii")
+        runs = _decode_rle_string(counts, source) if isinstance(counts, str) else [int(c) for c in counts]
+    except (TypeError, ValueError, UnicodeDecodeError):
+        raise InputError(f"{source}: run-length counts are neither COCO's compact text nor whole numbers") from None
     if any(r < 0 for r in runs) or sum(runs) != height * width:
         raise InputError(f"{source}: run lengths do not cover a {height}x{width} mask")
     values = np.zeros(len(runs), dtype=np.uint8)
@@ -716,6 +739,24 @@ def evaluate(
     return report
 
 
+def check_questions(samples: Sequence[Sample], limits) -> None:
+    """Refuse, before the model loads, a question no model can read: empty, or longer than
+    ``limits`` (a :class:`~segearth_cli.segmenter.ModelLimits`) allow. The message names the
+    file (and line or record) the question came from: the data set is wrong, not the command.
+
+    Other text (control characters included) goes to the model as the official evaluation
+    passes it.
+    """
+    for sample in samples:
+        source = sample.question_source or str(sample.image_path)
+        if not sample.question.strip():
+            raise InputError(f"{source}: the question of sample {sample.name} is empty")
+        tokens = limits.count_tokens(sample.question)
+        if tokens > limits.question_room:
+            raise InputError(f"{source}: the question of sample {sample.name} is {tokens:,} tokens long; the model "
+                             f"reads at most {limits.question_room:,}")
+
+
 def check_outputs(root: Path, per_sample: Optional[Path], save_predictions: Optional[Path]) -> None:
     """Refuse, before any work, outputs that cannot be written or that lie inside the data set.
 
@@ -730,10 +771,24 @@ def check_outputs(root: Path, per_sample: Optional[Path], save_predictions: Opti
         if real == data or data in real.parents:
             raise UsageError(f"{option} {path}: is inside the data set {root}, which eval never writes into; "
                              "choose a path outside it")
-    if per_sample is not None and Path(per_sample).is_dir():
-        raise OutputError(f"--per-sample {per_sample}: is a folder, not a file")
-    if save_predictions is not None and Path(save_predictions).exists() and not Path(save_predictions).is_dir():
-        raise OutputError(f"--save-predictions {save_predictions}: is a file, not a folder")
+    if per_sample is not None:
+        try:
+            check_target_writable(Path(per_sample), overwrite=True)
+        except OutputError as exc:
+            raise OutputError(f"--per-sample {exc.message}") from None
+    if save_predictions is not None:
+        folder = Path(save_predictions)
+        if folder.exists() and not folder.is_dir():
+            raise OutputError(f"--save-predictions {save_predictions}: is a file, not a folder")
+        # The folder is made when scoring starts, in the nearest folder that exists now.
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise OutputError(f"--save-predictions {save_predictions}: {existing} is not a folder")
+        reason = folder_write_problem(existing)
+        if reason is not None:
+            raise OutputError(f"--save-predictions {save_predictions}: folder {existing} is not writable ({reason})")
 
 
 PER_SAMPLE_COLUMNS = (

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -95,3 +97,21 @@ def offline_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return home
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path):
+    """A folder no file can be created in, even by root: immutable for root, read-only otherwise."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    if os.geteuid() == 0:
+        made = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False) \
+            if shutil.which("chattr") else None
+        if made is None or made.returncode != 0:
+            pytest.skip("root can write into read-only folders, and this file system has no immutable flag")
+        yield folder
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    else:
+        folder.chmod(0o500)
+        yield folder
+        folder.chmod(0o700)

@@ -20,6 +20,7 @@ from segearth_cli.atomic import (
     OutputLock,
     Terminated,
     TerminationHandler,
+    folder_write_problem,
     remove_stale_temps,
     temp_name_for,
     write_atomically,
@@ -109,16 +110,12 @@ def test_unwritable_targets_are_refused_before_any_work(tmp_path):
         AtomicOutputs([tmp_path / "a.tif", tmp_path / "." / "a.tif"])
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
-def test_read_only_folder_is_refused(tmp_path):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o500)
-    try:
-        with pytest.raises(OutputError, match="not writable"):
-            AtomicOutputs([folder / "mask.tif"])
-    finally:
-        folder.chmod(0o700)
+def test_an_unwritable_folder_is_found_by_trying_even_for_root(unwritable_folder, tmp_path):
+    assert folder_write_problem(tmp_path) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["locked"]  # the probe is gone
+    assert folder_write_problem(unwritable_folder) is not None
+    with pytest.raises(OutputError, match="locked is not writable"):
+        AtomicOutputs([unwritable_folder / "mask.tif"])
 
 
 def test_sigterm_becomes_a_clean_exception(tmp_path):

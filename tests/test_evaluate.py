@@ -22,15 +22,20 @@ import cv2
 import numpy as np
 import pytest
 
-from segearth_cli.errors import InputError, UsageError
+from segearth_cli.errors import InputError, OutputError, UsageError
 from segearth_cli.evaluate import (
     PRECISION_THRESHOLDS,
     IoUAccumulator,
+    _unique_names,
     evaluate,
     read_dataset,
     write_per_sample_csv,
 )
+from segearth_cli.segmenter import ModelLimits
 from test_executor import pipeline_threads
+
+#: Limits of a stand-in model: one token per word, at most 40.
+STAND_IN_LIMITS = ModelLimits(input_size=32, question_room=40, count_tokens=lambda question: len(question.split()))
 
 S = 32
 
@@ -675,6 +680,7 @@ def eval_cli(monkeypatch):
     from typer.testing import CliRunner
 
     import segearth_cli.commands.eval as eval_module
+    import segearth_cli.segmenter as segmenter_module
     from segearth_cli import cli
 
     asked = []
@@ -684,6 +690,8 @@ def eval_cli(monkeypatch):
         return RedSegmenter()
 
     monkeypatch.setattr(eval_module, "load_eval_segmenter", fake_loader)
+    # The released tokenizers are not here; questions are checked against a stand-in's limits.
+    monkeypatch.setattr(segmenter_module, "model_limits", lambda model, revision=None, task="auto": STAND_IN_LIMITS)
     runner = CliRunner()
 
     def run(args):
@@ -729,6 +737,85 @@ def test_command_reports_layout_error_before_loading_model(tmp_path, eval_cli):
     result = run([tmp_path, "--dataset", "earthreason", "--json"])
     assert isinstance(result.exception, InputError) and "alpha.png" in str(result.exception)
     assert asked == []
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_loading_model(tmp_path, eval_cli, unwritable_folder):
+    run, asked = eval_cli
+    make_earthreason(tmp_path / "data")
+    (tmp_path / "a_file").write_text("")
+    for option, path, expected in [
+        ("--per-sample", tmp_path / "absent" / "rows.csv", "absent does not exist"),
+        ("--per-sample", unwritable_folder / "rows.csv", "locked is not writable"),
+        ("--save-predictions", tmp_path / "a_file" / "predictions", "a_file is not a folder"),
+        ("--save-predictions", unwritable_folder / "predictions", "locked is not writable"),
+    ]:
+        result = run([tmp_path / "data", "--dataset", "earthreason", "--json", option, path])
+        assert isinstance(result.exception, OutputError) and expected in str(result.exception), result.output
+        assert str(result.exception).startswith(f"{option} {path}")
+    assert asked == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "data", "locked"]
+
+
+@pytest.mark.parametrize(("question", "expected"), [
+    ("   ", "the question of sample alpha is empty"),
+    ("word " * 41, "the question of sample alpha is 41 tokens long; the model reads at most 40"),
+])
+def test_a_question_no_model_can_read_is_refused_before_loading_model(tmp_path, eval_cli, question, expected):
+    run, asked = eval_cli
+    make_earthreason(tmp_path)
+    qa = tmp_path / "val" / "QAs" / "alpha.json"
+    qa.write_text(json.dumps({"questions": [question]}))
+    result = run([tmp_path, "--dataset", "earthreason", "--json"])
+    assert isinstance(result.exception, InputError), result.output
+    assert str(result.exception) == f"{qa}: {expected}"
+    assert asked == []
+
+
+def test_repeated_names_are_numbered_around_names_already_taken():
+    assert _unique_names(["a", "b", "a", "a_1", "a"]) == ["a_2", "b", "a_3", "a_1", "a_4"]
+    assert _unique_names(["a_1", "a_1", "a"]) == ["a_1_1", "a_1_2", "a"]
+
+
+def _rewrite_rrsisd(root: Path, change_refs=None, change_instances=None) -> None:
+    refs_path, instances_path = root / "rrsisd" / "refs(unc).p", root / "rrsisd" / "instances.json"
+    with open(refs_path, "rb") as handle:
+        refs = pickle.load(handle)
+    instances = json.loads(instances_path.read_text())
+    if change_refs:
+        change_refs(refs)
+    if change_instances:
+        change_instances(instances)
+    with open(refs_path, "wb") as handle:
+        pickle.dump(refs, handle, protocol=2)
+    instances_path.write_text(json.dumps(instances))
+
+
+def test_rrsisd_records_of_the_wrong_kind_are_input_errors_naming_the_file(tmp_path):
+    make_rrsisd(tmp_path)
+    _rewrite_rrsisd(tmp_path, change_refs=lambda refs: refs[0]["sentences"][0].update(raw=None))
+    with pytest.raises(InputError, match=r"refs\(unc\)\.p: expression 11: the raw sentence is NoneType, not text"):
+        read_dataset(tmp_path, "rrsis-d", "val")
+
+    make_rrsisd(tmp_path / "second")
+    _rewrite_rrsisd(tmp_path / "second", change_instances=lambda inst: inst["images"][0].update(file_name=5))
+    with pytest.raises(InputError, match="instances.json: image record 11 has no file name"):
+        read_dataset(tmp_path / "second", "rrsis-d", "val")
+
+
+@pytest.mark.parametrize(("segmentation", "expected"), [
+    ([{"size": [16, 8], "counts": ["x", "y"]}], "neither COCO's compact text nor whole numbers"),
+    ([{"size": [0, 0], "counts": []}], "run-length segmentation of 0x0 pixels"),
+])
+def test_rrsisd_run_lengths_that_are_no_mask_are_input_errors(tmp_path, segmentation, expected):
+    make_rrsisd(tmp_path)
+
+    def damage(instances):
+        instances["annotations"][0]["segmentation"] = segmentation
+
+    _rewrite_rrsisd(tmp_path, change_instances=damage)
+    sample = read_dataset(tmp_path, "rrsis-d", "val")[0]
+    with pytest.raises(InputError, match=f"instances.json annotation 111: .*{expected}"):
+        sample.target.load()
 
 
 @pytest.mark.parametrize("error_name", ["ModelNotAvailableError", "CheckpointError"])

@@ -68,7 +68,7 @@ def eval_command(
     debug: opt.Debug = False,  # noqa: ARG001 - read by cli.main before parsing, listed here for --help
 ) -> None:
     """Score a model on a benchmark split with the paper's protocol, and on original-size masks."""
-    from ..segmenter import check_device_and_dtype
+    from ..segmenter import check_device_and_dtype, model_limits
 
     check_device_and_dtype(device, dtype)
     from .. import evaluate as ev
@@ -80,10 +80,12 @@ def eval_command(
     samples = ev.read_dataset(data_root, dataset_name, split_name)
     ev.check_outputs(data_root, per_sample, save_predictions)
     model_name = model or ev.DATASET_MODEL[dataset_name]
+    task = ev.DATASET_TASK[dataset_name]
+    ev.check_questions(samples[:limit], model_limits(model_name, revision, task))
     if not quiet:
         log.info("%s %s: %d samples%s", dataset_name, split_name, len(samples),
                  f" (scoring the first {limit})" if limit is not None and limit < len(samples) else "")
-    segmenter = load_eval_segmenter(model_name, task=ev.DATASET_TASK[dataset_name], revision=revision,
+    segmenter = load_eval_segmenter(model_name, task=task, revision=revision,
                                     device=device, dtype=dtype, quiet=quiet)
 
     total = min(len(samples), limit) if limit is not None else len(samples)
