@@ -324,6 +324,26 @@ def test_geojson_splits_polygons_at_the_antimeridian(tmp_path):
     assert east.geom_type == "Polygon" and east.bounds[0] == pytest.approx(-179.6)
 
 
+def test_geojson_cuts_a_global_grid_at_the_poles(tmp_path):
+    # Cell-centred global grid (ERA5 style): the top row's edge is at 90.125N, the bottom's at 90.125S.
+    pixel = 0.25
+    scene = make_scene(1440, 721, crs="EPSG:4326", transform=Affine(pixel, 0, -0.125, 0, -pixel, 90.125))
+    mask = np.zeros((721, 1440), dtype=np.float32)
+    mask[0:4, 100:200] = 1  # touches the north pole's row
+    mask[717:721, 300:400] = 1  # and the south pole's
+    mask[300:310, 500:510] = 1  # mid-latitudes: untouched by the cut
+    sink = feed(VectorSink(scene, ["q"]), mask)
+    path = tmp_path / "answer.geojson"
+    sink.write_geojson(path)
+    document = json.loads(path.read_text())
+    shapes = sorted((shapely.geometry.shape(f["geometry"]) for f in document["features"]), key=lambda g: -g.bounds[3])
+    north, middle, south = shapes
+    assert north.bounds[3] == pytest.approx(90.0) and north.bounds[1] == pytest.approx(89.125)
+    assert south.bounds[1] == pytest.approx(-90.0) and south.bounds[3] == pytest.approx(-89.125)
+    assert middle.bounds == pytest.approx((124.875, 12.625, 127.375, 15.125))
+    assert len(document["features"]) == sink.summary()[0].polygon_count
+
+
 def test_geojson_splits_projected_polygons_crossing_the_antimeridian(tmp_path):
     # UTM 60S (central meridian 177E): 180E lies about 3 degrees east, near x = 834 km at 17S.
     to_utm = pyproj.Transformer.from_crs("EPSG:4326", "EPSG:32760", always_xy=True)

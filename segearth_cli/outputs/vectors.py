@@ -582,6 +582,8 @@ class VectorSink:
         import geopandas
 
         frame = frame.set_geometry(geopandas.GeoSeries(lonlat, crs="EPSG:4326"))
+        # A region wholly beyond a pole has no place on the Earth.
+        frame = frame[~frame.geometry.is_empty]
         _write(
             frame,
             path,
@@ -678,7 +680,8 @@ def to_rfc7946(geometries: np.ndarray, crs, transform: Optional[Affine] = None) 
     projected grid keep their shape in lon/lat. Rings that cross the antimeridian (a jump
     of more than 180 degrees between neighbouring vertices, or longitudes beyond +-180 in
     the source) are unwrapped into one continuous longitude range, cut at every multiple
-    of 180 degrees east or west, and the pieces shifted back into [-180, 180]. Exteriors
+    of 180 degrees east or west, and the pieces shifted back into [-180, 180]. Whatever
+    lies beyond a pole (a grid whose cells are centred on +-90) is cut off there. Exteriors
     run counter-clockwise, holes clockwise; coordinates are rounded to 7 decimals (1 cm).
     """
 
@@ -711,7 +714,10 @@ def _split_polygon(polygon: Polygon) -> list:
     rings = [exterior, *holes]
     crosses = any(np.any(np.abs(np.diff(ring[:, 0])) > 180.0) for ring in rings)
     outside = any(np.any(np.abs(ring[:, 0]) > 180.0) for ring in rings)
-    if not crosses and not outside:
+    # A global grid of cell-centred values (edges at +-90.125) reaches past the poles; the
+    # part beyond is not on the Earth, and GeoJSON writers refuse it.
+    beyond_pole = any(np.any(np.abs(ring[:, 1]) > 90.0) for ring in rings)
+    if not crosses and not outside and not beyond_pole:
         return [polygon]
     unwrapped = []
     reference = None
