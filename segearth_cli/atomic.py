@@ -63,8 +63,9 @@ class TerminationHandler:
 
 
 #: Bytes a temporary's name leaves free for the side files writers add to it (SQLite's
-#: ``-journal`` and ``-wal``, GDAL's ``.aux.xml``).
-_SIDE_FILE_ROOM = 16
+#: ``-journal`` and ``-wal``, GDAL's ``.aux.xml``, the Cloud-Optimized GeoTIFF writer's
+#: ``.stage-probability.tif``, and GDAL's side files of that).
+_SIDE_FILE_ROOM = 32
 
 
 def name_max(folder: str | os.PathLike) -> int:

@@ -444,11 +444,13 @@ def test_query_refuses(capsys, ws, setup, args, expected, fragments):
 # --------------------------------------------------------------------------- query: odd but legal
 
 
-@pytest.mark.parametrize("length", [220, 240, 255])
-def test_query_writes_long_but_legal_output_names(capsys, ws, length):
+@pytest.mark.parametrize(("length", "extra"), [(220, ()), (240, ()), (255, ()), (204, ("--cog", "--probabilities")),
+                                               (255, ("--cog", "--probabilities"))])
+def test_query_writes_long_but_legal_output_names(capsys, ws, length, extra):
+    """The temporaries, and the staging files of a Cloud-Optimized GeoTIFF, fit whatever the name."""
     name = "n" * (length - 4) + ".tif"
     before = tree(ws)
-    code, _, err = invoke(capsys, ws, query(out=f"{{out}}/{name}"))
+    code, _, err = invoke(capsys, ws, query(*extra, out=f"{{out}}/{name}"))
     assert code == EXIT_OK, err
     after = tree(ws)
     assert set(after) - set(before) == {str(ws / "out" / name)}, "only the output may appear"
