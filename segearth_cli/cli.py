@@ -18,6 +18,7 @@ people read the line:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -187,6 +188,14 @@ def _exit_without_teardown(status: int) -> None:
     os._exit(status)
 
 
+def _asks_for_nothing(command, args: Sequence[str]) -> bool:
+    """True for ``segearth`` alone, or a subcommand that answers nothing with its help."""
+    if not args:
+        return True
+    subcommand = getattr(command, "commands", {}).get(args[0])
+    return len(args) == 1 and bool(getattr(subcommand, "no_args_is_help", False))
+
+
 def run(argv: Optional[Sequence[str]] = None) -> int:
     """The body of ``main`` that returns the exit status instead of exiting (used by tests)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -203,7 +212,11 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         pass
     command = typer.main.get_command(app)
     try:
-        result = command.main(args=args, prog_name="segearth", standalone_mode=False)
+        # `segearth` or `segearth query` with nothing: the help is the answer, but a script
+        # that did this made a mistake, so the help goes where errors go: stdout is for results.
+        help_to_stderr = contextlib.redirect_stdout(sys.stderr) if _asks_for_nothing(command, args) else None
+        with help_to_stderr or contextlib.nullcontext():
+            result = command.main(args=args, prog_name="segearth", standalone_mode=False)
         # Click returns the status of ctx.exit()/typer.Exit in non-standalone mode, and
         # Typer turns a KeyboardInterrupt inside a command into status 130.
         status = result if isinstance(result, int) else 0
@@ -214,11 +227,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         _error_line(exc.message)
         return exc.exit_code
     except click_exceptions.NoArgsIsHelpError as exc:
-        # `segearth` or `segearth query` with nothing: the help is the answer, but a script
-        # that did this made a mistake. (Typer's rich help prints itself and returns "".)
-        text = exc.ctx.get_help() if exc.ctx else str(exc)
-        if text:
-            print(text, file=sys.stderr)
+        # Typer's rich help printed itself (to stderr, see _asks_for_nothing) and left the
+        # message empty; plain Click leaves the help in the message.
+        if exc.message.strip():
+            print(exc.message, file=sys.stderr)
         return EXIT_USAGE
     except click_exceptions.UsageError as exc:
         hint = ""

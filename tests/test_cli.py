@@ -125,6 +125,15 @@ def test_a_plan_over_the_window_budget_exits_2_naming_the_scene(capsys, scene, t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
 
 
+@pytest.mark.parametrize("args", [[], ["query"], ["batch"], ["eval"]])
+def test_a_command_with_nothing_to_do_prints_its_help_on_stderr_and_exits_2(capsys, args):
+    """stdout carries results only; a script that ran this made a mistake."""
+    code, out, err = invoke(capsys, *args)
+    assert code == 2
+    assert out == ""
+    assert "Usage: segearth" in err and "Traceback" not in err
+
+
 def test_unknown_output_extension_exits_2_naming_the_path(capsys, scene, tmp_path):
     code, _, err = invoke(capsys, "query", scene, "q", "-o", tmp_path / "answer.shp", "--model", "tiny-random")
     assert code == 2
