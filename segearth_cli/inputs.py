@@ -191,7 +191,11 @@ def _vrt_sources(path: Path, label: str) -> list[Path]:
     sources = []
     for element in root.iter("SourceFilename"):
         name = (element.text or "").strip()
-        if not name or is_remote(name) or name.startswith("/vsi"):
+        # Also inside another virtual file system (/vsizip//vsicurl/...): GDAL would fetch it.
+        if any(prefix in name.lower() for prefix in REMOTE_PREFIXES):
+            raise InputError(f"{label}: its source {name} is remote; scenes are read from local files only, so "
+                             "download it and point the VRT at the copy")
+        if not name or name.startswith("/vsi"):
             continue
         source = Path(name)
         if element.get("relativeToVRT") == "1":

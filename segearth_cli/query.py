@@ -309,7 +309,8 @@ def question_problem(question: object) -> Optional[str]:
     passed on: they are invisible in logs and records, cut text at a NUL in some formats,
     and no one types them on purpose.
     """
-    if not isinstance(question, str) or not question.strip():
+    # Format characters alone (zero-width spaces, a byte-order mark) show as nothing.
+    if not isinstance(question, str) or all(c.isspace() or unicodedata.category(c) == "Cf" for c in question):
         return "is empty"
     control = next((c for c in question if unicodedata.category(c) == "Cc"), None)
     if control is not None:

@@ -248,6 +248,14 @@ def _broken_vrt(ws):
     vrt(ws / "broken.vrt", "missing_source.tif")
 
 
+def _remote_vrt(ws):
+    # Port 9 (discard) on the loopback: nothing is fetched even if the refusal regressed.
+    path = vrt(ws / "remote.vrt", "x")
+    path.write_text(path.read_text().replace(
+        '<SourceFilename relativeToVRT="1">x</SourceFilename>',
+        "<SourceFilename>/vsizip//vsicurl/http://127.0.0.1:9/a.zip/a.tif</SourceFilename>"))
+
+
 def _complex(ws):
     write_tif(ws / "complex.tif", dtype="complex64")
 
@@ -331,6 +339,8 @@ QUERY_REFUSALS = [
     ("scene-self-referencing-vrt", "self_vrt", query(scene="{tmp}/self.vrt"), EXIT_INPUT,
      ["self.vrt", "!pool size"]),
     ("scene-vrt-missing-source", "broken_vrt", query(scene="{tmp}/broken.vrt"), EXIT_INPUT, ["broken.vrt"]),
+    ("scene-vrt-with-remote-source", "remote_vrt", query(scene="{tmp}/remote.vrt"), EXIT_INPUT,
+     ["remote.vrt", "/vsicurl/http://127.0.0.1:9/a.zip/a.tif is remote"]),
     ("scene-complex-valued", "complex", query(scene="{tmp}/complex.tif"), EXIT_INPUT, ["complex.tif", "complex"]),
     ("scene-newline-in-name", None, query(scene="{tmp}/a\nb.tif"), EXIT_INPUT, ["b.tif"]),
     ("scene-nul-in-name", None, query(scene="{tmp}/sc\x00ene.tif"), (EXIT_USAGE, EXIT_INPUT), ["SCENE"]),

@@ -96,6 +96,7 @@ def test_query_help_lists_every_option(capsys):
         (["query", "{scene}"], "QUESTION"),
         (["query", "{scene}", "q"], "--output"),
         (["query", "{scene}", "q", "-o", "{tmp}/a.tif", "--bogus"], "--bogus"),
+        (["query", "{scene}", "\u200b\ufeff ", "-o", "{tmp}/a.tif", "--model", "tiny-random"], "a question is empty"),
         (["query", "{scene}", "q", "-o", "{tmp}/a.tif", "--threshold", "1.5"], "--threshold"),
         (["query", "{scene}", "q", "-o", "{tmp}/a.tif", "--batch-size", "0"], "--batch-size"),
         (["query", "{scene}", "q", "-o", "{tmp}/a.tif", "--mode", "sideways"], "--mode"),
