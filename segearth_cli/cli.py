@@ -161,10 +161,12 @@ def _interrupted(termination: TerminationHandler) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line and exit with its status (see the module docstring)."""
-    from .process import share_one_malloc_arena
+    from .process import keep_native_messages_off_stderr, share_one_malloc_arena
 
     # The process is the command line's own: tune it before any thread exists.
     share_one_malloc_arena()
+    if "--debug" not in (sys.argv[1:] if argv is None else argv):
+        keep_native_messages_off_stderr()
     _exit_without_teardown(run(argv))
 
 

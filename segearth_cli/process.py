@@ -25,3 +25,31 @@ def share_one_malloc_arena() -> None:
         return
     arena_max = -8  # M_ARENA_MAX in glibc's malloc.h
     mallopt(ctypes.c_int(arena_max), ctypes.c_int(1))
+
+
+def keep_native_messages_off_stderr() -> None:
+    """Silence what C libraries write straight to file descriptor 2; Python keeps the real stderr.
+
+    libtiff prints ``_tiffWriteProc: No space left on device.``, libpng ``libpng error:``,
+    and GDAL, outside a rasterio call, its fallback ``ERROR 1: ...`` lines, all beside the
+    one error line the command promises. Every failure they report also reaches Python as
+    an error that the command words itself, naming the target and the reason. With
+    ``--debug`` the command leaves stderr alone. Call before starting threads.
+    """
+    import faulthandler
+    import os
+
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        kept = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no stderr to speak of: nothing to do
+        return
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    python_stderr = open(kept, "w", encoding=encoding, errors="backslashreplace", buffering=1)
+    silent = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(silent, 2)
+    os.close(silent)
+    sys.stderr = python_stderr
+    if faulthandler.is_enabled():  # a crash report must still be seen
+        faulthandler.enable(file=python_stderr)

@@ -135,6 +135,17 @@ def test_a_command_with_nothing_to_do_prints_its_help_on_stderr_and_exits_2(caps
     assert "Usage: segearth" in err and "Traceback" not in err
 
 
+def test_what_c_libraries_print_themselves_stays_off_stderr():
+    """libtiff's and libpng's own lines on a full disk would sit beside the one error line."""
+    code = ("import os, sys\n"
+            "from segearth_cli.process import keep_native_messages_off_stderr\n"
+            "keep_native_messages_off_stderr()\n"
+            "os.write(2, b'_tiffWriteProc: No space left on device.\\n')\n"
+            "print('segearth: error: out.tif: cannot be written (No space left on device)', file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stderr == "segearth: error: out.tif: cannot be written (No space left on device)\n"
+
+
 def test_unknown_output_extension_exits_2_naming_the_path(capsys, scene, tmp_path):
     code, _, err = invoke(capsys, "query", scene, "q", "-o", tmp_path / "answer.shp", "--model", "tiny-random")
     assert code == 2
