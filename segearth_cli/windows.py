@@ -171,11 +171,26 @@ def plan_windows(
         return _plan_whole(width, height, input_size, f"whole: long side {long_side} px resized to {input_size}")
 
     footprint, why = _footprint(scene, input_size, window, gsd)
+    _check_scene_is_seen(width, height, input_size, footprint, window, gsd)
     fraction = DEFAULT_OVERLAP if overlap is None else overlap
     overlap_px = min(int(round(footprint * fraction)), footprint - 1)
     if max_windows is not None:
         _check_budget(width, height, footprint, overlap_px, max_windows, window, gsd, overlap)
     return _plan_tiled(width, height, input_size, footprint, overlap_px, why)
+
+
+def _check_scene_is_seen(width: int, height: int, input_size: int, footprint: int, window: Optional[int],
+                         gsd: Optional[float]) -> None:
+    """UsageError when a window far larger than the scene would shrink it to a speck of the model input."""
+    seen = max(width, height) * input_size / footprint
+    if seen >= MIN_WINDOW:
+        return
+    given = f"--window {window}" if window is not None else f"--gsd {gsd:g}"
+    raise UsageError(
+        f"{given}: the {width} x {height} px scene would fill only {math.floor(seen * 10) / 10:g} px of the model's "
+        f"{input_size} px input "
+        f"(at least {MIN_WINDOW}); give a smaller {given.split()[0]}, or --mode whole"
+    )
 
 
 def _check_budget(width: int, height: int, footprint: int, overlap_px: int, max_windows: int,

@@ -139,6 +139,16 @@ def test_gsd_without_a_crs_is_refused():
         plan_windows(fake_scene(4000, 4000, crs=None), mode="tiled", input_size=1024, gsd=1.0)
 
 
+def test_a_window_that_would_shrink_the_scene_to_a_speck_is_refused():
+    scene = fake_scene(300, 200)  # 0.5 m pixels
+    # The scene's long side fills 300 * 1024 / 19200 = 16 px of the input: the least allowed.
+    assert len(plan_windows(scene, mode="tiled", input_size=1024, window=19_200)) == 1
+    with pytest.raises(UsageError, match=r"--window 19201: the 300 x 200 px scene would fill only 15.9 px .*--window"):
+        plan_windows(scene, mode="tiled", input_size=1024, window=19_201)
+    with pytest.raises(UsageError, match=r"--gsd 1e\+300: the 300 x 200 px scene would fill only 0 px .*--gsd"):
+        plan_windows(scene, mode="tiled", input_size=1024, gsd=1e300)
+
+
 def test_a_plan_over_the_window_budget_is_refused_naming_the_count_and_options():
     scene = fake_scene(512, 512)
     # 16 px windows sharing 15 px: a stride of 1 px, 497 windows a side.
