@@ -363,8 +363,8 @@ def read_rrsisd(root: Path, split: str) -> list[Sample]:
         if not image_path.is_file():
             raise InputError(f"{image_path}: missing (image of expression {ref_id})")
         stems.append(Path(image["file_name"]).stem)
-        entries.append((image_path, sentence, RleTarget(annotation["segmentation"], f"{instances_path} annotation {ann_id}"),
-                        f"{refs_path}: expression {ref_id}"))
+        target = RleTarget(annotation["segmentation"], f"{instances_path} annotation {ann_id}")
+        entries.append((image_path, sentence, target, f"{refs_path}: expression {ref_id}"))
     return [
         Sample(name=name, image_path=path, question=sentence, target=target, question_source=source)
         for name, (path, sentence, target, source) in zip(_unique_names(stems), entries)
@@ -384,13 +384,15 @@ def _rrsisd_expressions(refs_path: Path, split: str) -> list[tuple]:
     for ref in refs:
         try:
             ref_split = ref["split"]
-            if (split == "test" and "test" in ref_split) or ref_split == split:
-                chosen.append((ref["ref_id"], ref["ann_id"], ref["image_id"], ref["sentences"][0]["raw"]))
+            if not ((split == "test" and "test" in ref_split) or ref_split == split):
+                continue
+            record = (ref["ref_id"], ref["ann_id"], ref["image_id"], ref["sentences"][0]["raw"])
         except (KeyError, IndexError, TypeError):
             raise InputError(f"{refs_path}: an expression record lacks split, ids or a raw sentence") from None
-        if chosen and not isinstance(chosen[-1][3], str):
-            raise InputError(f"{refs_path}: expression {chosen[-1][0]}: the raw sentence is "
-                             f"{type(chosen[-1][3]).__name__}, not text")
+        if not isinstance(record[3], str):
+            raise InputError(f"{refs_path}: expression {record[0]}: the raw sentence is {type(record[3]).__name__}, "
+                             "not text")
+        chosen.append(record)
     if not chosen:
         raise InputError(f"{refs_path}: no expressions in split {split!r}")
     return chosen
