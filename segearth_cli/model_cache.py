@@ -68,6 +68,8 @@ def cached_models(cache_dir: Optional[Path] = None) -> tuple[list[CachedModel], 
         info = scan_cache_dir(cache_dir)
     except CacheNotFound:
         return [], []
+    except (ValueError, OSError) as exc:  # the cache is a file, or cannot be read
+        return [], [f"{cache_dir}: not a readable hub cache ({first_line(exc)})"]
     found = []
     for repo in info.repos:
         if repo.repo_type != "model":
@@ -161,10 +163,18 @@ class Verification:
     note: Optional[str] = None
 
 
-def _expected_from_hub(repo: str, commit: str) -> dict[str, dict[str, Any]]:
+def _hub_info(repo: str, revision: Optional[str]):
+    """The hub's record of ``repo`` at ``revision``: its commit and every file's size and hash."""
     from huggingface_hub import HfApi
 
-    info = HfApi().model_info(repo, revision=commit, files_metadata=True, timeout=HUB_TIMEOUT)
+    return HfApi().model_info(repo, revision=revision, files_metadata=True, timeout=HUB_TIMEOUT)
+
+
+def _expected_from_hub(repo: str, commit: str) -> dict[str, dict[str, Any]]:
+    return _expected_from_info(_hub_info(repo, commit))
+
+
+def _expected_from_info(info) -> dict[str, dict[str, Any]]:
     expected = {}
     for sibling in info.siblings or []:
         entry: dict[str, Any] = {"size": sibling.size}
@@ -181,11 +191,18 @@ def _expected_from_manifest(repo: str, commit: str, cache_dir: Optional[Path]) -
     path = manifest_path(repo, commit, cache_dir)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return dict(data["files"])
+        files = dict(data["files"])
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelUnavailableError(f"{path}: unreadable manifest ({exc})") from None
+    # A manifest vouches for a copy only if it names files, each with a size and a hash.
+    if not files:
+        raise ModelUnavailableError(f"{path}: unreadable manifest (it lists no files)")
+    for name, entry in files.items():
+        if not (isinstance(entry, dict) and type(entry.get("size")) is int and isinstance(entry.get("sha256"), str)):
+            raise ModelUnavailableError(f"{path}: unreadable manifest (the entry of {name} is not a size and a sha256)")
+    return files
 
 
 def verify_cached(model: CachedModel, cache_dir: Optional[Path] = None) -> Verification:
@@ -209,42 +226,77 @@ def verify_cached(model: CachedModel, cache_dir: Optional[Path] = None) -> Verif
                 f"({manifest_path(model.repo, model.commit, cache_dir)}); run 'segearth models verify' with network "
                 "access, or fetch the model with 'segearth models pull' (which saves one)"
             )
-    local = snapshot_files(model.path)
+    mismatched, not_cached, unrecorded = _compare(model.path, expected)
+    checked = len(snapshot_files(model.path)) - len(unrecorded)
+    return Verification(source, checked, mismatched, not_cached, unrecorded, note)
+
+
+def _compare(snapshot: Path, expected: dict[str, dict[str, Any]]) -> tuple[list[str], list[str], list[str]]:
+    """(files that differ, with how; files expected but absent; files present but not expected)."""
+    local = snapshot_files(snapshot)
     mismatched, unrecorded = [], []
     for name, path in local.items():
         want = expected.get(name)
         if want is None:
             unrecorded.append(name)
             continue
-        size = path.stat().st_size
-        if want.get("size") is not None and want["size"] != size:
-            mismatched.append(f"{name}: size {size}, expected {want['size']}")
+        try:
+            size = path.stat().st_size
+            if want.get("size") is not None and want["size"] != size:
+                mismatched.append(f"{name}: size {size}, expected {want['size']}")
+                continue
+            sha256, git_sha1 = file_hashes(path)
+        except OSError as exc:  # a blob that cannot be read cannot be vouched for
+            mismatched.append(f"{name}: cannot be read ({exc.strerror or exc})")
             continue
-        sha256, git_sha1 = file_hashes(path)
         if "sha256" in want and want["sha256"] != sha256:
             mismatched.append(f"{name}: sha256 {sha256[:12]}..., expected {want['sha256'][:12]}...")
         elif "git_sha1" in want and want["git_sha1"] != git_sha1:
             mismatched.append(f"{name}: git hash {git_sha1[:12]}..., expected {want['git_sha1'][:12]}...")
-    not_cached = sorted(set(expected) - set(local))
-    return Verification(source, len(local) - len(unrecorded), mismatched, not_cached, unrecorded, note)
+    return mismatched, sorted(set(expected) - set(local)), unrecorded
 
 
 def pull(repo: str, revision: Optional[str] = None, cache_dir: Optional[Path] = None) -> CachedModel:
-    """Download ``repo`` at ``revision`` into the cache and save its manifest; exit 4 when that cannot be done."""
+    """Download ``repo`` at ``revision`` into the cache, check every file against the hub's
+    record, and save the manifest; exit 4 when that cannot be done.
+
+    The hub must answer: its download helper falls back to whatever the cache holds when the
+    hub cannot be reached, and a manifest written from that would vouch for a damaged copy.
+    Files already cached are not fetched again unless they differ from the hub's record.
+    """
     check_repo_id(repo)
     cache_dir = cache_dir or hub_cache_dir()
     if hub_offline():
         raise ModelUnavailableError(
             f"{repo}: cannot download while offline (HF_HUB_OFFLINE is set); {describe_cached(repo, cache_dir)}"
         )
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    def failed(exc: Exception) -> ModelUnavailableError:
+        reason = first_line(exc)[:300]
+        return ModelUnavailableError(f"{repo}: download failed: {reason}; {describe_cached(repo, cache_dir)}")
 
     try:
+        info = _hub_info(repo, revision)
+        expected = _expected_from_info(info)
         folder = Path(snapshot_download(repo, revision=revision, cache_dir=cache_dir, etag_timeout=HUB_TIMEOUT))
+        if folder.name != info.sha:  # the hub went away between the two calls: this is the cache's copy
+            raise ModelUnavailableError(f"{repo}: download failed: the hub stopped answering; "
+                                        f"{describe_cached(repo, cache_dir)}")
+        mismatched, not_cached, _ = _compare(folder, expected)
+        for line in mismatched:  # damaged in the cache: fetched again
+            hf_hub_download(repo, line.split(": ", 1)[0], revision=info.sha, cache_dir=cache_dir,
+                            force_download=True, etag_timeout=HUB_TIMEOUT)
+    except ModelUnavailableError:
+        raise
     except Exception as exc:  # noqa: BLE001 - network, auth, missing repo or revision: all exit 4
-        reason = first_line(exc)[:300]
-        raise ModelUnavailableError(f"{repo}: download failed: {reason}; {describe_cached(repo, cache_dir)}") from None
-    model = find_cached(repo, folder.name, cache_dir)
+        raise failed(exc) from None
+    mismatched, not_cached, _ = _compare(folder, expected)
+    if mismatched or not_cached:
+        problems = "; ".join(mismatched + [f"{name}: not downloaded" for name in not_cached])
+        raise ModelUnavailableError(f"{repo}@{info.sha[:12]}: the cached files differ from the hub's record after "
+                                    f"downloading: {problems}")
+    model = find_cached(repo, info.sha, cache_dir)
     if model is None:
         raise ModelUnavailableError(f"{repo}: downloaded to {folder} but the cache does not list it")
     write_manifest(model, cache_dir)
@@ -257,9 +309,13 @@ def require_cached(repo: str, revision: Optional[str] = None, cache_dir: Optiona
     cache_dir = cache_dir or hub_cache_dir()
     model = find_cached(repo, revision, cache_dir)
     if model is None:
+        # A damaged entry (a missing blob, a ref to a missing snapshot) hides the repo from
+        # the cache scanner: say so rather than "never downloaded".
+        _, warnings = cached_models(cache_dir)
+        damage = [w for w in warnings if repo_folder(repo, cache_dir).name in w or w.startswith(f"{cache_dir}:")]
+        found = f"damaged: {damage[0]}" if damage else describe_cached(repo, cache_dir)
         raise ModelUnavailableError(
-            f"{repo}{f'@{revision}' if revision else ''}: not cached in {cache_dir} "
-            f"({describe_cached(repo, cache_dir)}); to get it, "
+            f"{repo}{f'@{revision}' if revision else ''}: not cached in {cache_dir} ({found}); to get it, "
             + ("connect to the network and run" if hub_offline() else "run") + f" 'segearth models pull {repo}'"
         )
     return model

@@ -97,3 +97,131 @@ def test_two_revisions_are_listed_main_first(offline_home):
     models, warnings = cache.cached_models()
     assert warnings == []
     assert [(m.commit, m.refs) for m in models] == [(COMMIT, ("main",)), (OTHER_COMMIT, ())]
+
+
+@pytest.mark.parametrize("files", [{}, {"config.json": "x"}, {"config.json": {"size": 1, "sha256": 5}}])
+def test_a_manifest_that_vouches_for_nothing_is_not_trusted(offline_home, files):
+    cache_repo(offline_home)
+    manifest = cache.write_manifest(cache.find_cached(REPO))
+    manifest.write_text(json.dumps({"repo": REPO, "commit": COMMIT, "files": files}))
+    with pytest.raises(ModelUnavailableError, match="unreadable manifest"):
+        cache.verify_cached(cache.find_cached(REPO))
+
+
+def test_a_file_that_cannot_be_read_is_a_mismatch(offline_home, monkeypatch):
+    cache_repo(offline_home)
+    cache.write_manifest(cache.find_cached(REPO))
+    hashes = cache.file_hashes
+
+    def unreadable_weights(path):
+        if path.name == "model.safetensors":
+            raise PermissionError(13, "Permission denied")
+        return hashes(path)
+
+    monkeypatch.setattr(cache, "file_hashes", unreadable_weights)
+    result = cache.verify_cached(cache.find_cached(REPO))
+    assert result.mismatched == ["model.safetensors: cannot be read (Permission denied)"]
+
+
+def test_a_missing_file_fails_verification(offline_home, capsys):
+    from segearth_cli.cli import run
+
+    snapshot = cache_repo(offline_home)
+    cache.write_manifest(cache.find_cached(REPO))
+    (snapshot / "tokenizer_config.json").unlink()
+    assert cache.verify_cached(cache.find_cached(REPO)).not_cached == ["tokenizer_config.json"]
+    assert run(["models", "verify", REPO]) == 1
+    err = capsys.readouterr().err
+    assert "not cached (never downloaded): tokenizer_config.json" in err and "1 are missing" in err
+
+
+# --------------------------------------------------------------------------- pull, against a stand-in hub
+
+
+class _StandInHub:
+    """The hub's record of the test repo, and its download helpers writing into the cache."""
+
+    def __init__(self, home, monkeypatch, reachable=True, serves=FILES):
+        import hashlib
+        from types import SimpleNamespace
+
+        import huggingface_hub
+
+        self.home, self.serves, self.fetched = home, dict(serves), []
+        siblings = [SimpleNamespace(rfilename=name, size=len(data), blob_id=None,
+                                    lfs=SimpleNamespace(sha256=hashlib.sha256(data).hexdigest(), size=len(data)))
+                    for name, data in FILES.items()]
+
+        def hub_info(repo, revision):
+            if not reachable:
+                raise ConnectionError("Failed to resolve 'huggingface.co'")
+            return SimpleNamespace(sha=COMMIT, siblings=siblings)
+
+        def snapshot_download(repo, revision=None, cache_dir=None, **kwargs):
+            # As the real helper does when the hub cannot be reached: the cache's copy.
+            return str(offline_home_snapshot(self.home))
+
+        def hf_hub_download(repo, filename, revision=None, cache_dir=None, force_download=False, **kwargs):
+            self.fetched.append(filename)
+            blob = (offline_home_snapshot(self.home) / filename).resolve()
+            blob.write_bytes(self.serves[filename])
+            return str(blob)
+
+        monkeypatch.setattr(cache, "_hub_info", hub_info)
+        monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+        monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+
+def offline_home_snapshot(home):
+    return home / "hub" / ("models--" + REPO.replace("/", "--")) / "snapshots" / COMMIT
+
+
+def _damage(snapshot):
+    blob = (snapshot / "model.safetensors").resolve()
+    data = bytearray(blob.read_bytes())
+    data[1000] ^= 0xFF
+    blob.write_bytes(bytes(data))
+
+
+def test_pull_without_the_hub_fails_and_leaves_the_manifest_alone(offline_home, monkeypatch):
+    snapshot = cache_repo(offline_home)
+    manifest = cache.write_manifest(cache.find_cached(REPO))
+    before = manifest.read_bytes()
+    _damage(snapshot)
+    _StandInHub(offline_home, monkeypatch, reachable=False)
+    with pytest.raises(ModelUnavailableError, match="download failed: Failed to resolve"):
+        cache.pull(REPO)
+    assert manifest.read_bytes() == before
+    assert cache.verify_cached(cache.find_cached(REPO)).mismatched[0].startswith("model.safetensors: sha256")
+
+
+def test_pull_fetches_again_what_differs_from_the_hubs_record(offline_home, monkeypatch):
+    snapshot = cache_repo(offline_home)
+    _damage(snapshot)
+    hub = _StandInHub(offline_home, monkeypatch)
+    model = cache.pull(REPO)
+    assert hub.fetched == ["model.safetensors"]
+    assert (snapshot / "model.safetensors").read_bytes() == FILES["model.safetensors"]
+    recorded = json.loads(cache.manifest_path(REPO, model.commit).read_text())["files"]
+    assert sorted(recorded) == sorted(FILES)
+
+
+def test_pull_refuses_to_vouch_for_a_copy_that_still_differs(offline_home, monkeypatch):
+    snapshot = cache_repo(offline_home)
+    _damage(snapshot)
+    damaged = (snapshot / "model.safetensors").read_bytes()
+    _StandInHub(offline_home, monkeypatch, serves={**FILES, "model.safetensors": damaged})
+    with pytest.raises(ModelUnavailableError, match="differ from the hub's record after downloading: model.safetensors"):
+        cache.pull(REPO)
+    assert not cache.manifest_path(REPO, COMMIT).exists()
+
+
+def test_a_cache_that_is_a_file_is_reported_not_raised(tmp_path, monkeypatch):
+    not_a_folder = tmp_path / "hub"
+    not_a_folder.write_text("")
+    monkeypatch.setenv("HF_HUB_CACHE", str(not_a_folder))
+    models, warnings = cache.cached_models()
+    assert models == [] and "not a readable hub cache" in warnings[0]
+    with pytest.raises(ModelUnavailableError, match="damaged: .*not a readable hub cache"):
+        cache.require_cached(REPO)

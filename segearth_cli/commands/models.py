@@ -139,9 +139,10 @@ def verify_command(
         _err(f"not in the {result.source}'s list, not checked: {name}")
     for line in result.mismatched:
         print(f"MISMATCH {line}")
-    if result.mismatched:
+    if result.mismatched or result.not_cached:
         _err(f"{repo}@{model.commit[:12]}: {len(result.mismatched)} of {result.checked} files differ from the "
-             f"{result.source}'s hashes; delete them from {model.path} and pull again")
+             f"{result.source}'s hashes and {len(result.not_cached)} are missing; pull it again "
+             f"('segearth models pull {repo} --revision {model.commit}' fetches what differs)")
         raise typer.Exit(EXIT_FAILURE)
     print(f"OK {repo}@{model.commit} {result.checked} files match the {result.source}'s hashes")
 
