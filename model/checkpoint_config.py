@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from .config import SegEarthR1Config
+from .config import SegEarthR1Config, config_problem
 from .errors import CheckpointError
 from .names import CONFIG_FILE
 
@@ -52,9 +52,13 @@ def config_from_checkpoint_json(hf_config: Mapping[str, Any], source: str = CONF
             base = SegEarthR1Config.tiny()
         else:
             base = SegEarthR1Config()
-        return SegEarthR1Config.from_checkpoint_config(hf_config, base=base)
+        config = SegEarthR1Config.from_checkpoint_config(hf_config, base=base)
     except (TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{source}: not a SegEarth-R1 configuration ({exc})") from exc
+    problem = config_problem(config)
+    if problem is not None:
+        raise CheckpointError(f"{source}: not a SegEarth-R1 configuration ({problem})")
+    return config
 
 
 def read_checkpoint_config(directory: Path) -> SegEarthR1Config:

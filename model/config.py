@@ -202,3 +202,61 @@ class SegEarthR1Config:
             "image_grid_pinpoints": None,
             "transformers_version": "4.36.2",
         }
+
+
+def config_problem(config: Any, prefix: str = "") -> str | None:
+    """What makes ``config`` (a :class:`SegEarthR1Config` or one of its parts) unbuildable, or None.
+
+    Every field must have the type and sign of its default (whole numbers stay whole, a
+    list keeps its length where the architecture fixes it); a ``config.json`` of the wrong
+    types would otherwise fail deep inside the network's construction, naming nothing.
+    """
+    import math
+
+    for f in dataclasses.fields(config):
+        name, value, default = prefix + f.name, getattr(config, f.name), getattr(type(config)(), f.name)
+        if dataclasses.is_dataclass(default):
+            if type(value) is not type(default):
+                return f"{name} must be a table of {type(default).__name__} fields, not {value!r}"
+            problem = config_problem(value, name + ".")
+        elif isinstance(default, tuple):
+            problem = _sequence_problem(name, value, default)
+        else:
+            problem = _number_problem(name, value, default, math)
+        if problem is not None:
+            return problem
+    if isinstance(config, SwinConfig) and len(config.depths) != len(config.num_heads):
+        return f"{prefix}depths and {prefix}num_heads must have one entry per stage"
+    if isinstance(config, LanguageConfig):
+        if config.hidden_size % config.num_attention_heads:
+            return f"{prefix}hidden_size {config.hidden_size} must be a multiple of num_attention_heads"
+        if not config.partial_rotary_factor <= 1:
+            return f"{prefix}partial_rotary_factor must be at most 1, not {config.partial_rotary_factor}"
+    return None
+
+
+def _number_problem(name: str, value: Any, default: Any, math: Any) -> str | None:
+    if isinstance(default, str):
+        return None if isinstance(value, str) else f"{name} must be text, not {value!r}"
+    if isinstance(default, int):
+        if type(value) is not int:
+            return f"{name} must be a whole number, not {value!r}"
+        least = 0 if name.endswith("_token_id") else 1
+        return None if value >= least else f"{name} must be at least {least}, not {value}"
+    if isinstance(default, float):
+        if type(value) not in (int, float) or not math.isfinite(value):
+            return f"{name} must be a number, not {value!r}"
+        return None if value > 0 else f"{name} must be positive, not {value}"
+    return None
+
+
+def _sequence_problem(name: str, value: Any, default: tuple) -> str | None:
+    whole = isinstance(default[0], int)
+    kind = "whole numbers" if whole else "numbers"
+    if not isinstance(value, tuple) or not value:
+        return f"{name} must be a list of {kind}, not {value!r}"
+    if name.endswith(("pixel_mean", "pixel_std")) and len(value) != len(default):
+        return f"{name} must have {len(default)} entries (red, green, blue), not {len(value)}"
+    if any(type(v) is not int if whole else type(v) not in (int, float) for v in value) or any(v <= 0 for v in value):
+        return f"{name} must be a list of positive {kind}, not {list(value)!r}"
+    return None

@@ -52,6 +52,10 @@ def _safetensors_reason(exc: SafetensorError) -> str:
 
 def _read_safetensors_entries(path: Path) -> list[TensorEntry]:
     try:
+        # The library reports any failure to open as "No such file or directory": opening
+        # here first gives the real reason (permission denied, above all).
+        with open(path, "rb"):
+            pass
         with safe_open(str(path), framework="pt") as handle:
             entries = []
             for key in handle.offset_keys():
@@ -99,6 +103,9 @@ def _read_index(path: Path) -> list[Path]:
         raise CheckpointError(f"{path}: not a shard index (no weight_map)") from exc
     shards = []
     for name in files:
+        # Shards lie beside the index: a name that leaves the folder is not a shard of this checkpoint.
+        if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+            raise CheckpointError(f"{path}: not a shard index (weight_map names {name!r}, not a file beside it)")
         shard = path.parent / name
         if not shard.is_file():
             first_key = next(k for k, v in weight_map.items() if v == name)

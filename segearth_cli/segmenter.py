@@ -343,6 +343,7 @@ def model_limits(model: str, revision: Optional[str] = None, task: str = "auto")
 
     from segearth_model import ModelLoadError
 
+    directory = None
     try:
         if model == TINY_RANDOM:
             from segearth_model.tokenizer import build_tiny_tokenizer
@@ -357,8 +358,15 @@ def model_limits(model: str, revision: Optional[str] = None, task: str = "auto")
             config, tokenizer = read_checkpoint_config(directory), load_tokenizer(directory)
         seg = special_token_ids(tokenizer).seg
     except (ModelLoadError, ValueError) as exc:
-        raise ModelUnavailableError(str(exc)) from exc
+        message = str(exc)
+        if directory is not None and str(directory) not in message:  # the tokenizer's complaints name no file
+            message = f"{directory}: {message}"
+        raise ModelUnavailableError(message) from exc
     room = question_room(config, tokenize_prompt(tokenizer, resolve_task(task, model)))
+    if room < 1:
+        where = f"{directory}/config.json" if directory is not None else model
+        raise ModelUnavailableError(f"{where}: max_position_embeddings {config.language.max_position_embeddings} "
+                                    f"leaves no room for a question after the prompt and the image")
     return ModelLimits(int(config.image_size), room, lambda question: len(tokenize_question(tokenizer, question, seg)))
 
 

@@ -239,6 +239,43 @@ def test_sharded_safetensors(tiny, tmp_path):
         load_pretrained(tmp_path, device="cpu", dtype="fp32", official_numerics=False)
 
 
+@pytest.mark.parametrize("listed", [1, None, "", "/elsewhere/model.safetensors", "../model.safetensors"])
+def test_a_shard_index_naming_no_file_beside_it_is_refused(tiny, tmp_path, listed):
+    model, tokenizer = tiny
+    save_release_layout(model, tokenizer, tmp_path, dtype=torch.float32, max_shard_bytes=1_000_000)
+    index_path = tmp_path / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = listed
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=r"model.safetensors.index.json: not a shard index \(weight_map names"):
+        load_pretrained(tmp_path, device="cpu", dtype="fp32", official_numerics=False)
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    (("segearth_architecture", "swin", "depths"), "2222", "swin.depths must be a list of whole numbers, not '2222'"),
+    (("hidden_size",), 64.0, "language.hidden_size must be a whole number, not 64.0"),
+    (("hidden_size",), "64", "language.hidden_size must be a whole number, not '64'"),
+    (("segearth_architecture", "swin"), [1, 2], "swin must be a table of SwinConfig fields"),
+    (("segearth_architecture", "pixel_mean"), [1.0], "pixel_mean must have 3 entries"),
+    (("segearth_architecture", "image_size"), 0, "image_size must be at least 1, not 0"),
+    (("segearth_architecture", "image_size"), True, "image_size must be a whole number, not True"),
+    (("partial_rotary_factor",), 5.0, "language.partial_rotary_factor must be at most 1"),
+])
+def test_a_config_of_the_wrong_types_is_named_not_built(release_dir, tmp_path, field, value, expected):
+    directory = copy_release(release_dir, tmp_path / "release")
+    config = json.loads((directory / "config.json").read_text())
+    table = config
+    for key in field[:-1]:
+        table = table[key]
+    table[field[-1]] = value
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError) as refused:
+        load_pretrained(directory, device="cpu", dtype="fp32", official_numerics=False)
+    message = str(refused.value)
+    assert message.startswith(f"{directory / 'config.json'}: not a SegEarth-R1 configuration (") and expected in message
+
+
 def test_pytorch_bin_is_read_weights_only(tiny, release_dir, tmp_path):
     model, _ = tiny
     directory = copy_release(release_dir, tmp_path / "bin")
@@ -408,3 +445,23 @@ def test_bfloat16_load_casts_floats_and_keeps_integer_buffers(release_dir):
     assert state["model.embed_tokens.weight"].dtype == torch.bfloat16
     index = state["model.vision_tower.layers.0.blocks.0.attn.relative_position_index"]
     assert index.dtype == torch.int64
+
+
+def test_request_checks_name_the_checkpoint_that_cannot_serve(release_dir, tmp_path):
+    from segearth_cli.errors import ModelUnavailableError
+    from segearth_cli.segmenter import model_limits
+
+    directory = copy_release(release_dir, tmp_path / "short_context")
+    config = json.loads((directory / "config.json").read_text())
+    config["max_position_embeddings"] = 10
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelUnavailableError, match=r"short_context/config.json: max_position_embeddings 10 leaves no room"):
+        model_limits(str(directory))
+
+    directory = copy_release(release_dir, tmp_path / "no_seg")
+    tokenizer = json.loads((directory / "tokenizer.json").read_text())
+    tokenizer["added_tokens"] = [t for t in tokenizer["added_tokens"] if t["content"] != "[SEG]"]
+    (directory / "tokenizer.json").write_text(json.dumps(tokenizer))
+    with pytest.raises(ModelUnavailableError) as refused:
+        model_limits(str(directory))
+    assert str(refused.value).startswith(f"{directory}: ") and "[SEG]" in str(refused.value)
