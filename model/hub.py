@@ -70,6 +70,7 @@ def download_checkpoint(repo_id: str, revision: str | None = None, *, local_file
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     offline = hub_offline() if local_files_only is None else local_files_only
+    revision = _cached_commit(repo_id, revision)
 
     def fetch(patterns: list[str]) -> Path:
         return Path(
@@ -98,8 +99,24 @@ def download_checkpoint(repo_id: str, revision: str | None = None, *, local_file
     return snapshot
 
 
+def _cached_commit(repo_id: str, revision: str | None) -> str | None:
+    """The full commit a unique prefix (7 to 39 hex digits, as git abbreviates) names in the
+    cache, or ``revision`` as it is: the hub itself takes only full commits, refs and tags."""
+    if revision is None or not re.fullmatch(r"[0-9a-f]{7,39}", revision):
+        return revision
+    snapshots = hub_cache_dir() / ("models--" + repo_id.replace("/", "--")) / "snapshots"
+    try:
+        found = [entry.name for entry in snapshots.iterdir() if entry.name.startswith(revision)]
+    except OSError:
+        return revision
+    return found[0] if len(found) == 1 else revision
+
+
 def resolve_checkpoint_dir(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
     """A local checkpoint directory for a path or a hub repo id."""
+    if not str(name_or_path).strip():  # Path("") is the current folder
+        raise ModelNotAvailableError("an empty model name names no checkpoint; give a folder, owner/name or "
+                                     f"{TINY_RANDOM}")
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path

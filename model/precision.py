@@ -50,9 +50,16 @@ def check_dtype_spelling(text: str) -> str:
 _GPU_LIST_SPELLING = re.compile(r"^cuda:\d+(,cuda:\d+)+$")
 
 
+#: Above any machine's GPU count; larger indexes overflow torch's device type.
+MAX_GPU_INDEX = 1023
+
+
 def check_device_spelling(text: str) -> str:
     """``text`` if it names a device the loader can use, or several GPUs (``cuda:0,cuda:2``); ValueError otherwise."""
     spelling = str(text)
+    indexes = [int(index) for index in re.findall(r":(\d+)", spelling)]
+    if any(index > MAX_GPU_INDEX for index in indexes):
+        raise ValueError(f"GPU index {max(indexes)} is beyond any machine (at most {MAX_GPU_INDEX})")
     if _GPU_LIST_SPELLING.match(spelling):
         names = device_names(spelling)
         if len(set(names)) != len(names):

@@ -423,6 +423,18 @@ def test_cached_snapshot_loads_offline(tiny, release_dir, tmp_path, monkeypatch)
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     loaded, _ = load_pretrained("earth-insights/SegEarth-R1-Tiny", device="cpu", dtype="fp32", official_numerics=False)
     assert_same_state(model, loaded)
+    # A commit abbreviated as git does (7 hex digits or more), as `segearth models path` takes it.
+    loaded, _ = load_pretrained("earth-insights/SegEarth-R1-Tiny", revision=commit[:7], device="cpu", dtype="fp32",
+                                official_numerics=False)
+    assert_same_state(model, loaded)
+    with pytest.raises(ModelNotAvailableError, match="not in the local cache"):
+        load_pretrained("earth-insights/SegEarth-R1-Tiny", revision="1" * 7, device="cpu", dtype="fp32")
+
+
+def test_an_empty_model_name_is_not_the_current_folder(release_dir, monkeypatch):
+    monkeypatch.chdir(release_dir)
+    with pytest.raises(ModelNotAvailableError, match="an empty model name"):
+        load_pretrained("", device="cpu", dtype="fp32")
 
 
 # --- precision and device ------------------------------------------------------------------

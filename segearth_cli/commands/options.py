@@ -60,6 +60,14 @@ def query_options(parameters: Mapping[str, Any]) -> "QueryOptions":
     return QueryOptions(**values)
 
 
+def _named(value: Optional[str]) -> Optional[str]:
+    """An option that names something (a model, a revision) must not be empty: '' would
+    silently mean the current folder, or the default revision."""
+    if value is not None and not value.strip():
+        raise typer.BadParameter("empty; give a name or leave the option out")
+    return value
+
+
 Model = Annotated[
     str,
     typer.Option(
@@ -67,6 +75,7 @@ Model = Annotated[
         "-m",
         metavar="NAME|DIR",
         envvar="SEGEARTH_MODEL",
+        callback=_named,
         help="Hugging Face repo id, a local checkpoint directory, or 'tiny-random' "
         "(a random miniature network for trying the pipeline; its answers mean nothing).",
         rich_help_panel=_MODEL_PANEL,
@@ -75,7 +84,8 @@ Model = Annotated[
 Revision = Annotated[
     Optional[str],
     typer.Option(
-        "--revision", metavar="REV", help="Branch, tag or commit of a hub model (pin it for reproducible runs).",
+        "--revision", metavar="REV", callback=_named,
+        help="Branch, tag or commit of a hub model (pin it for reproducible runs).",
         rich_help_panel=_MODEL_PANEL,
     ),
 ]
