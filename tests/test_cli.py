@@ -150,6 +150,22 @@ def test_what_c_libraries_print_themselves_stays_off_stderr():
     assert done.stderr == "segearth: error: out.tif: cannot be written (No space left on device)\n"
 
 
+def test_ctrl_c_while_the_command_line_imports_is_one_line_and_130():
+    """The console script's own start: a Ctrl-C there has nothing to clean up and no traceback to show."""
+    code = ("import builtins, os, signal, sys\n"
+            "real_import = builtins.__import__\n"
+            "def interrupting_import(name, *args, **kwargs):\n"
+            "    if name == 'cli':\n"
+            "        os.kill(os.getpid(), signal.SIGINT)\n"
+            "    return real_import(name, *args, **kwargs)\n"
+            "builtins.__import__ = interrupting_import\n"
+            "from segearth_cli.launch import main\n"
+            "main()\n")
+    done = subprocess.run([sys.executable, "-c", code, "query"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130
+    assert done.stderr == "segearth: error: interrupted\n"
+
+
 def test_unknown_output_extension_exits_2_naming_the_path(capsys, scene, tmp_path):
     code, _, err = invoke(capsys, "query", scene, "q", "-o", tmp_path / "answer.shp", "--model", "tiny-random")
     assert code == 2
