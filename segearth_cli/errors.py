@@ -52,13 +52,26 @@ class OutputError(SegearthError):
 
 def first_line(exc: BaseException) -> str:
     """The one line of a library exception worth putting in a user's error message."""
-    text = str(exc).strip() or type(exc).__name__
+    text = _formatted_arguments(exc) or str(exc).strip() or type(exc).__name__
     # rasterio wraps GDAL's reason as the cause and says only "See previous exception";
     # a user sees no previous exception, so the reason itself is the line to show.
     cause = exc.__cause__ or exc.__context__
     if cause is not None and "previous exception" in text.lower():
         return first_line(cause)
     return text.splitlines()[0]
+
+
+def _formatted_arguments(exc: BaseException) -> str:
+    """GDAL's message for errors raised as (format, values...), which str() shows as a tuple
+    ("('No such driver registered: %s', b'GTiff')"); empty for any other exception."""
+    args = exc.args
+    if len(args) < 2 or not isinstance(args[0], str) or "%" not in args[0]:
+        return ""
+    values = tuple(v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in args[1:])
+    try:
+        return (args[0] % values).strip()
+    except (TypeError, ValueError):
+        return ""
 
 
 def one_line(text: str) -> str:

@@ -63,3 +63,21 @@ def test_doctor_smoke_runs_tiny_random_end_to_end(capsys):
     assert smoke["passed"] is True, smoke
     assert smoke["problems"] == []
     assert smoke["windows_run"] >= 1
+
+
+def test_a_failed_smoke_test_says_why_in_one_line_and_shows_the_traceback_on_request(capsys, monkeypatch):
+    import rasterio.errors
+
+    import segearth_cli.diagnostics
+
+    def no_gtiff(*args, **kwargs):
+        # How rasterio reports a driver GDAL was built or configured without.
+        raise rasterio.errors.DriverRegistrationError("No such driver registered: %s", b"GTiff")
+
+    monkeypatch.setattr(segearth_cli.diagnostics, "run_query", no_gtiff)
+    assert run(["doctor", "--smoke"]) == 1
+    captured = capsys.readouterr()
+    assert "FAILED: DriverRegistrationError: No such driver registered: GTiff" in captured.out
+    assert "Traceback" not in captured.err
+    assert run(["doctor", "--smoke", "--debug"]) == 1
+    assert "Traceback" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import EXIT_FAILURE
+from . import options as opt
 
 
 def _line(info: dict[str, Any]) -> str:
@@ -57,6 +58,7 @@ def doctor_command(
     smoke: Annotated[bool, typer.Option("--smoke", help="Also run tiny-random end to end on a generated scene; "
                                         "exit 1 if it fails.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the text screen.")] = False,
+    debug: opt.Debug = False,
 ) -> None:
     """Show versions, GPU, model cache and its permissions, for a bug report."""
     from ..diagnostics import collect, smoke_test
@@ -68,7 +70,8 @@ def doctor_command(
         print(json.dumps(facts, ensure_ascii=False, indent=2))
     else:
         print(render(facts))
-        if smoke and facts["smoke"].get("traceback"):
+        # The JSON carries the traceback for a bug report; the screen shows it on request only.
+        if smoke and debug and facts["smoke"].get("traceback"):
             print(facts["smoke"]["traceback"], file=sys.stderr)
     if smoke and not facts["smoke"]["passed"]:
         raise typer.Exit(EXIT_FAILURE)
