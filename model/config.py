@@ -8,6 +8,7 @@ the training recipe, so they live here as defaults and are never read from disk.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -211,8 +212,6 @@ def config_problem(config: Any, prefix: str = "") -> str | None:
     list keeps its length where the architecture fixes it); a ``config.json`` of the wrong
     types would otherwise fail deep inside the network's construction, naming nothing.
     """
-    import math
-
     for f in dataclasses.fields(config):
         name, value, default = prefix + f.name, getattr(config, f.name), getattr(type(config)(), f.name)
         if dataclasses.is_dataclass(default):
@@ -222,7 +221,7 @@ def config_problem(config: Any, prefix: str = "") -> str | None:
         elif isinstance(default, tuple):
             problem = _sequence_problem(name, value, default)
         else:
-            problem = _number_problem(name, value, default, math)
+            problem = _number_problem(name, value, default)
         if problem is not None:
             return problem
     if isinstance(config, SwinConfig) and len(config.depths) != len(config.num_heads):
@@ -235,7 +234,7 @@ def config_problem(config: Any, prefix: str = "") -> str | None:
     return None
 
 
-def _number_problem(name: str, value: Any, default: Any, math: Any) -> str | None:
+def _number_problem(name: str, value: Any, default: Any) -> str | None:
     if isinstance(default, str):
         return None if isinstance(value, str) else f"{name} must be text, not {value!r}"
     if isinstance(default, int):

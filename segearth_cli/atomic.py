@@ -231,6 +231,18 @@ def folder_write_problem(folder: Path) -> str | None:
     return None
 
 
+def future_folder_problem(folder: Path) -> tuple[Path, str | None]:
+    """(the nearest folder of ``folder`` or its parents that exists, why ``folder`` cannot be
+    made or written there, or None). For outputs whose folder is made when they are written."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return existing, f"{existing} is not a folder"
+    reason = folder_write_problem(existing)
+    return existing, None if reason is None else f"folder {existing} is not writable ({reason})"
+
+
 class AtomicOutputs:
     """Context manager that hands out temporary paths and commits them all at the end.
 

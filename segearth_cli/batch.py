@@ -209,15 +209,24 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
         except StopIteration:
             return
         except csv.Error as exc:  # an unclosed quote, a cell over the csv module's size limit
-            # The bad row starts after the last good one (the reader's own count is not reliable here).
-            raise UsageError(f"{path}: line {line + 1}: not valid CSV ({exc}; a quoted cell must be quoted "
-                             f"whole and its quote closed)") from None
+            raise UsageError(f"{path}: line {_next_row_line(text, line)}: not valid CSV ({exc}; a quoted cell "
+                             f"must be quoted whole and its quote closed)") from None
         line = reader.line_num
         if None in row:  # more cells than the header has names
             raise UsageError(f"{path}: line {line}: more than 3 columns (quote a question that contains a comma)")
         if all((value or "").strip() == "" for value in row.values()):
             continue
         yield line, row
+
+
+def _next_row_line(text: str, after: int) -> int:
+    """The line where the row after line ``after`` starts: the next line that is not blank.
+    (The csv reader's own count stops short of the row it failed on, and of blank lines.)"""
+    lines = text.split("\n")
+    number = after + 1
+    while number <= len(lines) and not lines[number - 1].strip():
+        number += 1
+    return number
 
 
 def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:

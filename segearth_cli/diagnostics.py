@@ -7,7 +7,6 @@ through the same code path as ``segearth query``).
 
 from __future__ import annotations
 
-import os
 import platform
 import sys
 import tempfile
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__
+from .atomic import future_folder_problem
 from .errors import failure_line
 from .model_cache import cached_models
 from .query import OutputTarget, QueryOptions, run_query
@@ -63,20 +63,10 @@ def _auto_device() -> dict[str, Any]:
 
 def _writable(folder: Path) -> tuple[bool, str]:
     """Whether files can be created in ``folder`` (or, if it does not exist yet, where it would be made)."""
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        return False, f"{probe} is not a folder"
-    if probe != folder:
-        ok = os.access(probe, os.W_OK | os.X_OK)
-        return ok, f"does not exist yet; {probe} is {'writable' if ok else 'not writable'}"
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".segearth-doctor-"):
-            pass
-    except OSError as exc:
-        return False, exc.strerror or str(exc)
-    return True, "writable"
+    existing, problem = future_folder_problem(folder)
+    if existing != folder:
+        return problem is None, f"does not exist yet; {problem or f'{existing} is writable'}"
+    return problem is None, problem or "writable"
 
 
 def collect() -> dict[str, Any]:

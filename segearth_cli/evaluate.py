@@ -45,7 +45,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Un
 import cv2
 import numpy as np
 
-from .atomic import check_target_writable, folder_write_problem, write_atomically
+from .atomic import check_target_writable, future_folder_problem, write_atomically
 from .errors import InputError, OutputError, UsageError
 from .scene import canvas_rgb
 from .segmenter import PadInfo, Segmenter, fitted_size, resize_mask_nearest
@@ -783,14 +783,9 @@ def check_outputs(root: Path, per_sample: Optional[Path], save_predictions: Opti
         if folder.exists() and not folder.is_dir():
             raise OutputError(f"--save-predictions {save_predictions}: is a file, not a folder")
         # The folder is made when scoring starts, in the nearest folder that exists now.
-        existing = folder
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not existing.is_dir():
-            raise OutputError(f"--save-predictions {save_predictions}: {existing} is not a folder")
-        reason = folder_write_problem(existing)
-        if reason is not None:
-            raise OutputError(f"--save-predictions {save_predictions}: folder {existing} is not writable ({reason})")
+        _, problem = future_folder_problem(folder)
+        if problem is not None:
+            raise OutputError(f"--save-predictions {save_predictions}: {problem}")
 
 
 PER_SAMPLE_COLUMNS = (

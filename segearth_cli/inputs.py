@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import warnings
 import xml.etree.ElementTree as ElementTree
@@ -36,6 +37,16 @@ _MAX_VRT_DEPTH = 32
 
 def is_remote(text: str) -> bool:
     return str(text).lower().startswith(REMOTE_PREFIXES)
+
+
+#: A network file system or URL anywhere in a GDAL path, also inside another one
+#: (/vsizip//vsicurl/https://...), but not a local folder that merely starts alike (vsicurl_cache/).
+_REMOTE_INSIDE = re.compile(r"(^|/)vsi(curl|s3|gs|az|adls|oss|swift|hdfs|webhdfs)(_streaming)?/|[a-z0-9]://",
+                            re.IGNORECASE)
+
+
+def _names_remote_data(name: str) -> bool:
+    return is_remote(name) or bool(_REMOTE_INSIDE.search(name))
 
 
 def refuse_remote(text: str) -> None:
@@ -191,8 +202,7 @@ def _vrt_sources(path: Path, label: str) -> list[Path]:
     sources = []
     for element in root.iter("SourceFilename"):
         name = (element.text or "").strip()
-        # Also inside another virtual file system (/vsizip//vsicurl/...): GDAL would fetch it.
-        if any(prefix in name.lower() for prefix in REMOTE_PREFIXES):
+        if _names_remote_data(name):
             raise InputError(f"{label}: its source {name} is remote; scenes are read from local files only, so "
                              "download it and point the VRT at the copy")
         if not name or name.startswith("/vsi"):

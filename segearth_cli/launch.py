@@ -16,8 +16,12 @@ def main() -> None:
         os.write(2, b"segearth: error: interrupted\n")
         os._exit(130)
 
-    previous = signal.signal(signal.SIGINT, interrupted_while_starting)
+    # Only where Ctrl-C would interrupt anyway: a script may have started us ignoring it.
+    ours = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if ours:
+        signal.signal(signal.SIGINT, interrupted_while_starting)
     from .cli import main as run
 
-    signal.signal(signal.SIGINT, previous)
+    if ours:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     run()

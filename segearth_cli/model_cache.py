@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -136,11 +137,15 @@ def snapshot_files(snapshot: Path) -> dict[str, Path]:
     return {p.relative_to(snapshot).as_posix(): p for p in sorted(snapshot.rglob("*")) if p.is_file()}
 
 
-def write_manifest(model: CachedModel, cache_dir: Optional[Path] = None) -> Path:
-    """Record name, size and SHA-256 of every file of a cached revision (see the module docstring)."""
+def write_manifest(model: CachedModel, cache_dir: Optional[Path] = None,
+                   known_sha256: Optional[dict[str, str]] = None) -> Path:
+    """Record name, size and SHA-256 of every file of a cached revision (see the module docstring).
+
+    ``known_sha256``: hashes just computed, by file name, so that gigabytes are not read twice.
+    """
     files = {}
     for name, path in snapshot_files(model.path).items():
-        sha256, _ = file_hashes(path)
+        sha256 = (known_sha256 or {}).get(name) or file_hashes(path)[0]
         files[name] = {"size": path.stat().st_size, "sha256": sha256}
     target = manifest_path(model.repo, model.commit, cache_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -226,34 +231,46 @@ def verify_cached(model: CachedModel, cache_dir: Optional[Path] = None) -> Verif
                 f"({manifest_path(model.repo, model.commit, cache_dir)}); run 'segearth models verify' with network "
                 "access, or fetch the model with 'segearth models pull' (which saves one)"
             )
-    mismatched, not_cached, unrecorded = _compare(model.path, expected)
-    checked = len(snapshot_files(model.path)) - len(unrecorded)
-    return Verification(source, checked, mismatched, not_cached, unrecorded, note)
+    found = _compare(model.path, expected)
+    checked = len(snapshot_files(model.path)) - len(found.unrecorded)
+    return Verification(source, checked, [f"{name}: {how}" for name, how in found.mismatched.items()],
+                        found.missing, found.unrecorded, note)
 
 
-def _compare(snapshot: Path, expected: dict[str, dict[str, Any]]) -> tuple[list[str], list[str], list[str]]:
-    """(files that differ, with how; files expected but absent; files present but not expected)."""
+@dataclass
+class _Comparison:
+    mismatched: dict[str, str]  # file name -> how it differs
+    missing: list[str]  # expected, not in the snapshot
+    unrecorded: list[str]  # in the snapshot, not expected
+    sha256: dict[str, str]  # of the files read
+
+
+def _compare(snapshot: Path, expected: dict[str, dict[str, Any]], only: Optional[set[str]] = None) -> _Comparison:
+    """The snapshot's files against ``expected``; ``only``: compare just these names."""
     local = snapshot_files(snapshot)
-    mismatched, unrecorded = [], []
+    found = _Comparison({}, sorted(set(expected) - set(local)), [], {})
     for name, path in local.items():
+        if only is not None and name not in only:
+            continue
         want = expected.get(name)
         if want is None:
-            unrecorded.append(name)
+            found.unrecorded.append(name)
             continue
         try:
             size = path.stat().st_size
             if want.get("size") is not None and want["size"] != size:
-                mismatched.append(f"{name}: size {size}, expected {want['size']}")
+                found.mismatched[name] = f"size {size}, expected {want['size']}"
                 continue
             sha256, git_sha1 = file_hashes(path)
         except OSError as exc:  # a blob that cannot be read cannot be vouched for
-            mismatched.append(f"{name}: cannot be read ({exc.strerror or exc})")
+            found.mismatched[name] = f"cannot be read ({exc.strerror or exc})"
             continue
+        found.sha256[name] = sha256
         if "sha256" in want and want["sha256"] != sha256:
-            mismatched.append(f"{name}: sha256 {sha256[:12]}..., expected {want['sha256'][:12]}...")
+            found.mismatched[name] = f"sha256 {sha256[:12]}..., expected {want['sha256'][:12]}..."
         elif "git_sha1" in want and want["git_sha1"] != git_sha1:
-            mismatched.append(f"{name}: git hash {git_sha1[:12]}..., expected {want['git_sha1'][:12]}...")
-    return mismatched, sorted(set(expected) - set(local)), unrecorded
+            found.mismatched[name] = f"git hash {git_sha1[:12]}..., expected {want['git_sha1'][:12]}..."
+    return found
 
 
 def pull(repo: str, revision: Optional[str] = None, cache_dir: Optional[Path] = None) -> CachedModel:
@@ -280,26 +297,32 @@ def pull(repo: str, revision: Optional[str] = None, cache_dir: Optional[Path] = 
         info = _hub_info(repo, revision)
         expected = _expected_from_info(info)
         folder = Path(snapshot_download(repo, revision=revision, cache_dir=cache_dir, etag_timeout=HUB_TIMEOUT))
-        if folder.name != info.sha:  # the hub went away between the two calls: this is the cache's copy
-            raise ModelUnavailableError(f"{repo}: download failed: the hub stopped answering; "
-                                        f"{describe_cached(repo, cache_dir)}")
-        mismatched, not_cached, _ = _compare(folder, expected)
-        for line in mismatched:  # damaged in the cache: fetched again
-            hf_hub_download(repo, line.split(": ", 1)[0], revision=info.sha, cache_dir=cache_dir,
-                            force_download=True, etag_timeout=HUB_TIMEOUT)
+        if folder.name != info.sha:
+            # The revision moved on the hub between the two calls, or the hub stopped answering
+            # and the helper fell back to the cache: either way not the commit just checked.
+            raise ModelUnavailableError(
+                f"{repo}: download failed: got commit {folder.name[:12]} where the hub named {info.sha[:12]} a moment "
+                f"before (the revision moved, or the hub stopped answering); run the pull again; "
+                f"{describe_cached(repo, cache_dir)}")
+        found = _compare(folder, expected)
+        for name in found.mismatched:  # damaged in the cache: fetched again
+            hf_hub_download(repo, name, revision=info.sha, cache_dir=cache_dir, force_download=True,
+                            etag_timeout=HUB_TIMEOUT)
     except ModelUnavailableError:
         raise
     except Exception as exc:  # noqa: BLE001 - network, auth, missing repo or revision: all exit 4
         raise failed(exc) from None
-    mismatched, not_cached, _ = _compare(folder, expected)
-    if mismatched or not_cached:
-        problems = "; ".join(mismatched + [f"{name}: not downloaded" for name in not_cached])
+    # Only what was fetched again is read again: a full-size checkpoint is gigabytes.
+    again = _compare(folder, expected, only=set(found.mismatched))
+    problems = [f"{name}: {how}" for name, how in again.mismatched.items()] + [
+        f"{name}: not downloaded" for name in found.missing]
+    if problems:
         raise ModelUnavailableError(f"{repo}@{info.sha[:12]}: the cached files differ from the hub's record after "
-                                    f"downloading: {problems}")
+                                    f"downloading: {'; '.join(problems)}")
     model = find_cached(repo, info.sha, cache_dir)
     if model is None:
         raise ModelUnavailableError(f"{repo}: downloaded to {folder} but the cache does not list it")
-    write_manifest(model, cache_dir)
+    write_manifest(model, cache_dir, known_sha256={**found.sha256, **again.sha256})
     return model
 
 
@@ -312,7 +335,8 @@ def require_cached(repo: str, revision: Optional[str] = None, cache_dir: Optiona
         # A damaged entry (a missing blob, a ref to a missing snapshot) hides the repo from
         # the cache scanner: say so rather than "never downloaded".
         _, warnings = cached_models(cache_dir)
-        damage = [w for w in warnings if repo_folder(repo, cache_dir).name in w or w.startswith(f"{cache_dir}:")]
+        folder = re.compile(re.escape(repo_folder(repo, cache_dir).name) + r"(?![\w.-])")
+        damage = [w for w in warnings if folder.search(w) or w.startswith(f"{cache_dir}:")]
         found = f"damaged: {damage[0]}" if damage else describe_cached(repo, cache_dir)
         raise ModelUnavailableError(
             f"{repo}{f'@{revision}' if revision else ''}: not cached in {cache_dir} ({found}); to get it, "

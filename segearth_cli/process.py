@@ -33,8 +33,9 @@ def keep_native_messages_off_stderr() -> None:
     libtiff prints ``_tiffWriteProc: No space left on device.``, libpng ``libpng error:``,
     and GDAL, outside a rasterio call, its fallback ``ERROR 1: ...`` lines, all beside the
     one error line the command promises. Every failure they report also reaches Python as
-    an error that the command words itself, naming the target and the reason. With
-    ``--debug`` the command leaves stderr alone. Call before starting threads.
+    an error that the command words itself, naming the target and the reason. A crash
+    still says where (Python's fault handler writes to the kept stderr). With ``--debug``
+    the command leaves stderr alone. Call before starting threads.
     """
     import faulthandler
     import os
@@ -51,5 +52,5 @@ def keep_native_messages_off_stderr() -> None:
     os.dup2(silent, 2)
     os.close(silent)
     sys.stderr = python_stderr
-    if faulthandler.is_enabled():  # a crash report must still be seen
-        faulthandler.enable(file=python_stderr)
+    # A crash (a signal, an abort in native code) would otherwise end the run without a word.
+    faulthandler.enable(file=python_stderr)

@@ -181,9 +181,13 @@ def plan_windows(
 
 def _check_scene_is_seen(width: int, height: int, input_size: int, footprint: int, window: Optional[int],
                          gsd: Optional[float]) -> None:
-    """UsageError when a window far larger than the scene would shrink it to a speck of the model input."""
+    """UsageError when a window far larger than the scene would shrink it to a speck of the model input.
+
+    Only a footprint larger than the input shrinks anything: a scene smaller than a
+    native-resolution window is padded, not shrunk.
+    """
     seen = max(width, height) * input_size / footprint
-    if seen >= MIN_WINDOW:
+    if footprint <= input_size or seen >= MIN_WINDOW:
         return
     given = f"--window {window}" if window is not None else f"--gsd {gsd:g}"
     raise UsageError(

@@ -137,6 +137,7 @@ def test_json_lines_job_file_is_read_the_same_way(tmp_path):
         ("jobs.csv", 'scene,question,output\na.tif,"where is the roof,o.tif\n', "line 2: not valid CSV"),
         ("jobs.csv", 'scene,question,output\na.tif,"where is" the roof,o.tif\n', "line 2: not valid CSV"),
         ("jobs.csv", "scene,question,output\na.tif,q,o.tif\na.tif,{long},o.tif\n", "line 3: not valid CSV"),
+        ("jobs.csv", 'scene,question,output\na.tif,q,o.tif\n\n\nb.tif,"bad" x,p.tif\n', "line 5: not valid CSV"),
         ("jobs.jsonl", "{deep}\n", "line 1: not valid JSON (nested too deeply)"),
     ],
 )

@@ -132,7 +132,19 @@ def test_a_missing_file_fails_verification(offline_home, capsys):
     assert cache.verify_cached(cache.find_cached(REPO)).not_cached == ["tokenizer_config.json"]
     assert run(["models", "verify", REPO]) == 1
     err = capsys.readouterr().err
-    assert "not cached (never downloaded): tokenizer_config.json" in err and "1 are missing" in err
+    assert "missing (the manifest records it): tokenizer_config.json" in err and "1 recorded files are missing" in err
+
+
+def test_files_the_hub_lists_but_loading_never_fetched_are_not_failures(offline_home, monkeypatch, capsys):
+    """A model fetched by a query holds only what loading needs, not the repo's README or .gitattributes."""
+    from segearth_cli.cli import run
+
+    cache_repo(offline_home)
+    hub = _StandInHub(offline_home, monkeypatch, listed={**FILES, "README.md": b"# a model card\n"})
+    assert run(["models", "verify", REPO]) == 0
+    captured = capsys.readouterr()
+    assert "not cached (not downloaded): README.md" in captured.err and "OK" in captured.out
+    assert hub.fetched == []
 
 
 # --------------------------------------------------------------------------- pull, against a stand-in hub
@@ -141,7 +153,7 @@ def test_a_missing_file_fails_verification(offline_home, capsys):
 class _StandInHub:
     """The hub's record of the test repo, and its download helpers writing into the cache."""
 
-    def __init__(self, home, monkeypatch, reachable=True, serves=FILES):
+    def __init__(self, home, monkeypatch, reachable=True, serves=FILES, listed=FILES, commit_served=COMMIT):
         import hashlib
         from types import SimpleNamespace
 
@@ -150,7 +162,7 @@ class _StandInHub:
         self.home, self.serves, self.fetched = home, dict(serves), []
         siblings = [SimpleNamespace(rfilename=name, size=len(data), blob_id=None,
                                     lfs=SimpleNamespace(sha256=hashlib.sha256(data).hexdigest(), size=len(data)))
-                    for name, data in FILES.items()]
+                    for name, data in listed.items()]
 
         def hub_info(repo, revision):
             if not reachable:
@@ -158,8 +170,8 @@ class _StandInHub:
             return SimpleNamespace(sha=COMMIT, siblings=siblings)
 
         def snapshot_download(repo, revision=None, cache_dir=None, **kwargs):
-            # As the real helper does when the hub cannot be reached: the cache's copy.
-            return str(offline_home_snapshot(self.home))
+            # Every file is cached already, so the helper only names the snapshot folder.
+            return str(offline_home_snapshot(self.home).with_name(commit_served))
 
         def hf_hub_download(repo, filename, revision=None, cache_dir=None, force_download=False, **kwargs):
             self.fetched.append(filename)
@@ -213,6 +225,15 @@ def test_pull_refuses_to_vouch_for_a_copy_that_still_differs(offline_home, monke
     damaged = (snapshot / "model.safetensors").read_bytes()
     _StandInHub(offline_home, monkeypatch, serves={**FILES, "model.safetensors": damaged})
     with pytest.raises(ModelUnavailableError, match="differ from the hub's record after downloading: model.safetensors"):
+        cache.pull(REPO)
+    assert not cache.manifest_path(REPO, COMMIT).exists()
+
+
+def test_pull_refuses_a_commit_other_than_the_one_the_hub_named(offline_home, monkeypatch):
+    """The branch moved between the two calls, or the hub went away and the helper fell back to the cache."""
+    cache_repo(offline_home)
+    _StandInHub(offline_home, monkeypatch, commit_served=OTHER_COMMIT)
+    with pytest.raises(ModelUnavailableError, match=f"got commit {OTHER_COMMIT[:12]} where the hub named {COMMIT[:12]}"):
         cache.pull(REPO)
     assert not cache.manifest_path(REPO, COMMIT).exists()
 

@@ -147,6 +147,9 @@ def test_a_window_that_would_shrink_the_scene_to_a_speck_is_refused():
         plan_windows(scene, mode="tiled", input_size=1024, window=19_201)
     with pytest.raises(UsageError, match=r"--gsd 1e\+300: the 300 x 200 px scene would fill only 0 px .*--gsd"):
         plan_windows(scene, mode="tiled", input_size=1024, gsd=1e300)
+    # A scene smaller than a native-resolution window is padded, not shrunk.
+    tiny = plan_windows(fake_scene(10, 6), mode="tiled", input_size=1024)
+    assert len(tiny) == 1 and tiny.windows[0].dst_width == 10
 
 
 def test_a_plan_over_the_window_budget_is_refused_naming_the_count_and_options():

@@ -133,15 +133,18 @@ def verify_command(
     result = cache.verify_cached(model)
     if result.note:
         _err(result.note)
+    # The manifest lists what was cached when it was written, so each of its files must be
+    # there; the hub lists every file of the repo, and loading fetches only those it needs.
+    missing = result.not_cached if result.source == "manifest" else []
     for name in result.not_cached:
-        _err(f"not cached (never downloaded): {name}")
+        _err(f"missing (the manifest records it): {name}" if missing else f"not cached (not downloaded): {name}")
     for name in result.unrecorded:
         _err(f"not in the {result.source}'s list, not checked: {name}")
     for line in result.mismatched:
         print(f"MISMATCH {line}")
-    if result.mismatched or result.not_cached:
+    if result.mismatched or missing:
         _err(f"{repo}@{model.commit[:12]}: {len(result.mismatched)} of {result.checked} files differ from the "
-             f"{result.source}'s hashes and {len(result.not_cached)} are missing; pull it again "
+             f"{result.source}'s hashes and {len(missing)} recorded files are missing; pull it again "
              f"('segearth models pull {repo} --revision {model.commit}' fetches what differs)")
         raise typer.Exit(EXIT_FAILURE)
     print(f"OK {repo}@{model.commit} {result.checked} files match the {result.source}'s hashes")
