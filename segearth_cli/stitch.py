@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
+import cv2
 import numpy as np
 
 from .windows import Window, WindowPlan
@@ -86,9 +87,30 @@ class _AxisMap:
         frac = np.clip(x - first.astype(np.float32), np.float32(0.0), np.float32(1.0))
         self.taps = np.stack([first, second], axis=1)
         self.weights = np.stack([np.float32(1.0) - frac, frac], axis=1)
-        # Nearest canvas pixel to each source pixel centre, for validity.
-        centres = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out)
-        self.nearest = np.minimum(np.floor(centres).astype(np.intp), n_in - 1)
+        self.nearest = _validity_taps(n_in, n_out)
+
+
+def _validity_taps(n_canvas: int, n_source: int) -> np.ndarray:
+    """For each source pixel, the canvas pixel whose validity is its own.
+
+    Validity went onto the canvas by OpenCV's ``INTER_NEAREST`` (see
+    :func:`~segearth_cli.scene.canvas_validity`): canvas pixel ``j`` shows source pixel
+    ``forward[j]``. Each source pixel takes back the first canvas pixel that shows it, so an
+    enlarged window (a small scene in whole mode) gives back exactly the validity it was
+    given. A source pixel that no canvas pixel shows (a shrunken window) takes the canvas
+    pixel nearest its centre.
+    """
+    sources = np.arange(n_source)
+    # OpenCV's own mapping, from a row of source indexes (exact in float32 below 2**24).
+    forward = cv2.resize(sources.astype(np.float32)[None, :], (n_canvas, 1), interpolation=cv2.INTER_NEAREST)
+    forward = forward[0].astype(np.intp)
+    centres = (sources.astype(np.float64) + 0.5) * (n_canvas / n_source)
+    taps = np.minimum(np.floor(centres).astype(np.intp), n_canvas - 1)
+    first = np.searchsorted(forward, sources, side="left")
+    shown = first < n_canvas
+    shown[shown] = forward[first[shown]] == sources[shown]
+    taps[shown] = first[shown]
+    return taps
 
 
 def logits_to_footprint(logits: np.ndarray, height: int, width: int, rows: slice = slice(None)) -> np.ndarray:

@@ -288,6 +288,25 @@ def test_every_invalid_pixel_is_nodata_even_through_resampled_windows(tmp_path):
     assert np.count_nonzero(mask == 1) > 0.8 * np.count_nonzero(~invalid)
 
 
+@pytest.mark.parametrize(("width", "height"), [(40, 40), (23, 38), (INPUT - 1, INPUT // 2)])
+def test_a_scene_enlarged_in_whole_mode_gets_back_exactly_its_invalid_pixels(tmp_path, width, height):
+    """Enlarging repeats source pixels on the canvas; each valid one must come back valid, beside invalid ones too."""
+    rng = np.random.default_rng(width)
+    invalid = rng.random((height, width)) < 0.05
+    invalid[height // 2, width // 2] = True  # an isolated one, whatever the draw
+    data = np.full((3, height, width), 120, np.uint8)
+    data[:, invalid] = 0
+    scene = tmp_path / "small.tif"
+    with rasterio.open(scene, "w", driver="GTiff", width=width, height=height, count=3, dtype="uint8", nodata=0,
+                       crs=CRS.from_epsg(32633), transform=Affine(1, 0, 0, 0, -1, 200)) as dst:
+        dst.write(data)
+    out = tmp_path / "small_mask.tif"
+    run_query(scene, ["q"], [OutputTarget.for_path(out)], stand_in(), QueryOptions(mode="whole"))
+    with rasterio.open(out) as ds:
+        mask = ds.read(1)
+    np.testing.assert_array_equal(mask == 255, invalid)
+
+
 def test_all_invalid_scene_writes_empty_outputs_and_reports_nothing_found(tmp_path):
     scene = tmp_path / "empty.tif"
     with rasterio.open(scene, "w", driver="GTiff", width=150, height=100, count=3, dtype="uint8", nodata=0,
