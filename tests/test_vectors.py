@@ -324,6 +324,25 @@ def test_geojson_splits_polygons_at_the_antimeridian(tmp_path):
     assert east.geom_type == "Polygon" and east.bounds[0] == pytest.approx(-179.6)
 
 
+def test_areas_of_projected_polygons_crossing_the_antimeridian_are_measured_on_the_short_side():
+    # NSIDC polar stereographic north (EPSG:3413, central meridian 45W): x < 0, y > 0 near the
+    # pole looks along 135E, so 180 runs through these 1 km pixels.
+    scene = make_scene(300, 300, crs="EPSG:3413", transform=Affine(1000.0, 0, -300_000, 0, -1000.0, 300_000))
+    mask = np.zeros((300, 300), dtype=np.float32)
+    mask[0:9, 5:12] = 1
+    mask[100:140, 20:60] = 1
+    frame = feed(VectorSink(scene, ["q"]), mask, rows=16).frame()
+    to_lonlat = pyproj.Transformer.from_crs("EPSG:3413", "EPSG:4326", always_xy=True)
+    lons = [to_lonlat.transform(x, y)[0] for x, y in shapely.get_coordinates(frame.geometry.values)]
+    assert max(lons) > 179 and min(lons) < -179  # the test means what it says
+    polar = pyproj.Proj("EPSG:3413")
+    for geometry, area in zip(frame.geometry.values, frame["area_m2"]):
+        lon, lat = to_lonlat.transform(*shapely.centroid(geometry).coords[0])
+        # Small polygons: the planar area over the projection's areal scale at the centre.
+        expected = geometry.area / polar.get_factors(lon, lat).areal_scale
+        assert area == pytest.approx(expected, rel=2e-3)
+
+
 def test_geojson_cuts_a_global_grid_at_the_poles(tmp_path):
     # Cell-centred global grid (ERA5 style): the top row's edge is at 90.125N, the bottom's at 90.125S.
     pixel = 0.25

@@ -366,9 +366,16 @@ class _Geodesy:
         return np.array([abs(self.geod.geometry_area_perimeter(g)[0]) for g in lonlat])
 
     def _to_degrees(self, geometries: np.ndarray) -> np.ndarray:
+        """Lon/lat, each polygon in one continuous longitude range: one that crosses the
+        antimeridian keeps 181 as 181, or its edges would be measured (and densified) the
+        long way round the globe."""
         if self._native_degrees:
             return geometries
-        return shapely.transform(geometries, _pyproj_function(self.to_lonlat), interleaved=False)
+        lonlat = shapely.transform(geometries, _pyproj_function(self.to_lonlat), interleaved=False)
+        west, _, east, _ = shapely.bounds(lonlat).T
+        for index in np.flatnonzero(east - west > 180.0):
+            lonlat[index] = _continuous_longitudes(lonlat[index])
+        return lonlat
 
     def _from_degrees(self, geometries: np.ndarray) -> np.ndarray:
         if self._native_degrees:
@@ -708,6 +715,31 @@ def _split_antimeridian(geometry):
     return shapely.MultiPolygon(parts)
 
 
+def _unwrapped_rings(rings: list[np.ndarray], reference: Optional[float] = None) -> list[np.ndarray]:
+    """Rings (N, 2) with longitudes made continuous, holes (and later rings) joining the
+    first ring's longitude range, or ``reference``'s."""
+    unwrapped = []
+    for ring in rings:
+        lon = np.unwrap(ring[:, 0], period=360.0)
+        if reference is None:
+            reference = lon[0]
+        else:
+            lon = lon - 360.0 * np.round((lon[0] - reference) / 360.0)
+        unwrapped.append(np.column_stack([lon, ring[:, 1]]))
+    return unwrapped
+
+
+def _continuous_longitudes(geometry):
+    """A (Multi)Polygon in lon/lat with every part in one continuous longitude range."""
+    parts, reference = [], None
+    for polygon in shapely.get_parts(geometry):
+        rings = _unwrapped_rings([np.asarray(polygon.exterior.coords)]
+                                 + [np.asarray(ring.coords) for ring in polygon.interiors], reference)
+        reference = rings[0][0, 0]
+        parts.append(Polygon(rings[0], rings[1:]))
+    return parts[0] if len(parts) == 1 else shapely.MultiPolygon(parts)
+
+
 def _split_polygon(polygon: Polygon) -> list:
     exterior = np.asarray(polygon.exterior.coords)
     holes = [np.asarray(ring.coords) for ring in polygon.interiors]
@@ -719,15 +751,7 @@ def _split_polygon(polygon: Polygon) -> list:
     beyond_pole = any(np.any(np.abs(ring[:, 1]) > 90.0) for ring in rings)
     if not crosses and not outside and not beyond_pole:
         return [polygon]
-    unwrapped = []
-    reference = None
-    for ring in rings:
-        lon = np.unwrap(ring[:, 0], period=360.0)
-        if reference is None:
-            reference = lon[0]
-        else:  # holes join the exterior's longitude range
-            lon = lon - 360.0 * np.round((lon[0] - reference) / 360.0)
-        unwrapped.append(np.column_stack([lon, ring[:, 1]]))
+    unwrapped = _unwrapped_rings(rings)
     whole = shapely.make_valid(Polygon(unwrapped[0], unwrapped[1:]))
     west, _, east, _ = whole.bounds
     pieces = []
