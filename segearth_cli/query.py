@@ -511,7 +511,9 @@ def _remove_stale_temps(targets: Sequence[OutputTarget]) -> None:
     path, but they would pile up in the output folders."""
     from .atomic import remove_stale_temps
 
-    for folder in {t.path.resolve().parent for t in targets}:
+    # Temporaries sit beside the target's own name (a symlink at the target is replaced,
+    # not followed), so the folder is the name's, whatever the name points to.
+    for folder in {os.path.realpath(t.path.parent) for t in targets}:
         for stale in remove_stale_temps(folder):
             log.debug("removed %s, left by a run that was killed", stale)
 

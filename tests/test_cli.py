@@ -166,6 +166,18 @@ def test_ctrl_c_while_the_command_line_imports_is_one_line_and_130():
     assert done.stderr == "segearth: error: interrupted\n"
 
 
+def test_an_output_that_is_a_symlink_loop_is_replaced_with_overwrite(capsys, scene, tmp_path):
+    (tmp_path / "loop2.tif").symlink_to("loop1.tif")
+    (tmp_path / "loop1.tif").symlink_to("loop2.tif")
+    code, _, err = invoke(capsys, "query", scene, "q", "-o", tmp_path / "loop1.tif", "--model", "tiny-random")
+    assert code == 5
+    assert_one_error_line(err, "loop1.tif: already exists")
+    code, _, err = invoke(capsys, "query", scene, "q", "-o", tmp_path / "loop1.tif", "--model", "tiny-random",
+                          "--overwrite")
+    assert code == 0, err
+    assert not (tmp_path / "loop1.tif").is_symlink() and (tmp_path / "loop1.tif").is_file()
+
+
 def test_unknown_output_extension_exits_2_naming_the_path(capsys, scene, tmp_path):
     code, _, err = invoke(capsys, "query", scene, "q", "-o", tmp_path / "answer.shp", "--model", "tiny-random")
     assert code == 2

@@ -216,3 +216,15 @@ def test_without_ray_the_engine_exits_2_with_the_install_command(tmp_path):
         "segearth: error: --engine ray needs Ray, which is not installed; install it with: pip install 'segearth[ray]'"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "jobs.csv"]
+
+
+@pytest.mark.parametrize(("address", "expected"), [("", "'--address': empty"), ("abc", "expected HOST:PORT")])
+def test_an_address_that_names_no_cluster_is_a_usage_error(tmp_path, capsys, address, expected):
+    from segearth_cli.cli import run
+
+    write_scene(tmp_path / "a.tif", seed=1)
+    jobs = write_jobs_csv(tmp_path / "jobs.csv", [("a.tif", QUESTIONS[0], "out/a.tif")])
+    code = run(["batch", str(jobs), "--model", "tiny-random", "--engine", "ray", "--address", address])
+    assert code == 2
+    assert expected in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "jobs.csv"]

@@ -103,7 +103,7 @@ def batch_command(
                                         help="local: this process; ray: a pool of Ray workers, on this machine or "
                                         "a cluster (needs the ray extra: pip install 'segearth\\[ray]').")] = "local",
     address: Annotated[Optional[str], typer.Option("--address", metavar="ADDR", show_default=False,
-                                                   rich_help_panel="Engine",
+                                                   rich_help_panel="Engine", callback=opt.non_empty,
                                                    help="Ray cluster to run on (default: RAY_ADDRESS, else the cluster "
                                                    "started on this machine, else a new local one).")] = None,
     ray_workers: Annotated[Optional[int], typer.Option("--ray-workers", metavar="N", show_default=False,

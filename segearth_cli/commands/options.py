@@ -60,9 +60,9 @@ def query_options(parameters: Mapping[str, Any]) -> "QueryOptions":
     return QueryOptions(**values)
 
 
-def _named(value: Optional[str]) -> Optional[str]:
-    """An option that names something (a model, a revision) must not be empty: '' would
-    silently mean the current folder, or the default revision."""
+def non_empty(value: Optional[str]) -> Optional[str]:
+    """An option that names something (a model, a revision, a cluster) must not be empty:
+    '' would silently mean the current folder, the default revision or the default cluster."""
     if value is not None and not value.strip():
         raise typer.BadParameter("empty; give a name or leave the option out")
     return value
@@ -75,7 +75,7 @@ Model = Annotated[
         "-m",
         metavar="NAME|DIR",
         envvar="SEGEARTH_MODEL",
-        callback=_named,
+        callback=non_empty,
         help="Hugging Face repo id, a local checkpoint directory, or 'tiny-random' "
         "(a random miniature network for trying the pipeline; its answers mean nothing).",
         rich_help_panel=_MODEL_PANEL,
@@ -84,7 +84,7 @@ Model = Annotated[
 Revision = Annotated[
     Optional[str],
     typer.Option(
-        "--revision", metavar="REV", callback=_named,
+        "--revision", metavar="REV", callback=non_empty,
         help="Branch, tag or commit of a hub model (pin it for reproducible runs).",
         rich_help_panel=_MODEL_PANEL,
     ),
