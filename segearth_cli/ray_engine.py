@@ -128,15 +128,26 @@ class RayCluster:
             self.ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
                           logging_level=logging.ERROR)
         except Exception as exc:  # noqa: BLE001 - ray.init raises bare Exception for a start-up time-out
+            self._stop_partial_start()
             raise SegearthError(f"--engine ray: cannot start or reach a Ray cluster ({first_line(exc)})") from None
+        except BaseException:  # Ctrl-C or SIGTERM while the local cluster starts
+            self._stop_partial_start()
+            raise
         finally:
             if in_main_thread and previous is not None:
                 signal.signal(signal.SIGTERM, previous)
         self._connected_here = True
 
+    def _stop_partial_start(self) -> None:
+        """Stop what an interrupted or failed ray.init had started."""
+        try:
+            _shutdown_with_descendants(self.ray)
+        except BaseException:  # noqa: BLE001 - best effort while already failing
+            pass
+
     def __exit__(self, *exc_info) -> bool:
         if self._connected_here:
-            self.ray.shutdown()
+            _shutdown_with_descendants(self.ray)
         return False
 
     def _alive_nodes(self) -> list[dict[str, float]]:
@@ -221,6 +232,68 @@ class RayCluster:
         report.results.sort(key=lambda r: r.job.number)
         report.seconds = time.perf_counter() - started
         return report
+
+
+def _shutdown_with_descendants(ray) -> None:
+    """``ray.shutdown()``, then stop every process the local cluster had started that outlived it.
+
+    Shutdown stops the cluster's own processes, but agents its raylet was still starting
+    (a dashboard agent, a runtime-env agent) when a Ctrl-C arrived outlive it, re-parented
+    to init, for good. They are this process's descendants until then; so they are listed
+    before the shutdown and killed after it if they are still the same processes.
+    """
+    started = _descendants(os.getpid())
+    ray.shutdown()
+    deadline = time.monotonic() + _AGENT_EXIT_WAIT_S
+    while started and time.monotonic() < deadline:
+        started = {pid: birth for pid, birth in started.items() if _birth(pid) == birth}
+        if started:
+            time.sleep(0.1)
+    for pid in started:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:  # gone meanwhile
+            pass
+
+
+#: Seconds the cluster's processes get to exit by themselves after shutdown.
+_AGENT_EXIT_WAIT_S = 2.0
+
+
+def _birth(pid: int) -> Optional[str]:
+    """The start time of ``pid`` (Linux), which tells a process from a later one with its pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # After the command's name: state, ppid, ..., starttime is field 22 of the whole line.
+    return fields[19].decode() if len(fields) > 19 and fields[0] != b"Z" else None
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """{pid: start time} of every process below ``root`` (Linux; empty elsewhere)."""
+    parents: dict[int, int] = {}
+    try:
+        entries = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return {}
+    for name in entries:
+        try:
+            with open(f"/proc/{name}/stat", "rb") as handle:
+                parents[int(name)] = int(handle.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    found, frontier = {}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in found:
+                birth = _birth(pid)
+                if birth is not None:
+                    found[pid] = birth
+                    frontier.append(pid)
+    return found
 
 
 def _check_reachable(address: str, named_by: str) -> None:

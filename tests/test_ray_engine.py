@@ -228,3 +228,25 @@ def test_an_address_that_names_no_cluster_is_a_usage_error(tmp_path, capsys, add
     assert code == 2
     assert expected in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "jobs.csv"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="descendants are found through /proc")
+def test_processes_the_cluster_started_do_not_outlive_its_shutdown():
+    """Agents a raylet was still starting when Ctrl-C came outlived ray.shutdown(), re-parented to init."""
+    from types import SimpleNamespace
+
+    from segearth_cli.ray_engine import _shutdown_with_descendants
+
+    # A child that starts a grandchild and exits at shutdown, as a raylet does: the grandchild is the agent.
+    raylet = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time\n"
+                               "agent = subprocess.Popen(['sleep', '300']); print(agent.pid, flush=True)\n"
+                               "time.sleep(300)\n"], stdout=subprocess.PIPE, text=True)
+    agent = int(raylet.stdout.readline())
+    _shutdown_with_descendants(SimpleNamespace(shutdown=raylet.kill))
+    raylet.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{agent}") and \
+            open(f"/proc/{agent}/stat").read().split(")")[1].split()[0] != "Z":
+        time.sleep(0.05)
+    alive = os.path.exists(f"/proc/{agent}") and open(f"/proc/{agent}/stat").read().split(")")[1].split()[0] != "Z"
+    assert not alive
