@@ -289,10 +289,6 @@ def pull(repo: str, revision: Optional[str] = None, cache_dir: Optional[Path] = 
         )
     from huggingface_hub import hf_hub_download, snapshot_download
 
-    def failed(exc: Exception) -> ModelUnavailableError:
-        reason = first_line(exc)[:300]
-        return ModelUnavailableError(f"{repo}: download failed: {reason}; {describe_cached(repo, cache_dir)}")
-
     try:
         info = _hub_info(repo, revision)
         expected = _expected_from_info(info)
@@ -311,7 +307,8 @@ def pull(repo: str, revision: Optional[str] = None, cache_dir: Optional[Path] = 
     except ModelUnavailableError:
         raise
     except Exception as exc:  # noqa: BLE001 - network, auth, missing repo or revision: all exit 4
-        raise failed(exc) from None
+        reason = first_line(exc)[:300]
+        raise ModelUnavailableError(f"{repo}: download failed: {reason}; {describe_cached(repo, cache_dir)}") from None
     # Only what was fetched again is read again: a full-size checkpoint is gigabytes.
     again = _compare(folder, expected, only=set(found.mismatched))
     problems = [f"{name}: {how}" for name, how in again.mismatched.items()] + [

@@ -192,8 +192,7 @@ def _check_scene_is_seen(width: int, height: int, input_size: int, footprint: in
     given = f"--window {window}" if window is not None else f"--gsd {gsd:g}"
     raise UsageError(
         f"{given}: the {width} x {height} px scene would fill only {math.floor(seen * 10) / 10:g} px of the model's "
-        f"{input_size} px input "
-        f"(at least {MIN_WINDOW}); give a smaller {given.split()[0]}, or --mode whole"
+        f"{input_size} px input (at least {MIN_WINDOW}); give a smaller {given.split()[0]}, or --mode whole"
     )
 
 
