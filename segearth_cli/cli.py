@@ -147,7 +147,18 @@ def _configure_logging(debug: bool, quiet: bool) -> None:
 
 def _error_line(message: str) -> None:
     first = one_line(message) or "unknown error"
-    print(f"segearth: error: {first}", file=sys.stderr)
+    _to_stderr(f"segearth: error: {first}")
+
+
+def _to_stderr(text: str) -> None:
+    """Write to stderr if there is one: a script may run us with stderr closed (``2>&-``) or
+    into a pipe that closed, and the exit status must still be the run's own."""
+    if sys.stderr is None:  # closed at start: print(file=None) would write to stdout
+        return
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def _interrupted(termination: TerminationHandler) -> int:
@@ -184,7 +195,8 @@ def _exit_without_teardown(status: int) -> None:
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
+            if stream is not None:  # None: the descriptor was closed when the process started
+                stream.flush()
         except (OSError, ValueError):  # a closed pipe or stream: nothing left to say there
             pass
     os._exit(status)
@@ -196,6 +208,24 @@ def _asks_for_nothing(command, args: Sequence[str]) -> bool:
         return True
     subcommand = getattr(command, "commands", {}).get(args[0])
     return len(args) == 1 and bool(getattr(subcommand, "no_args_is_help", False))
+
+
+def _help_on_stderr(command, args: Sequence[str]) -> int:
+    """`segearth` or `segearth query` with nothing: the help is the answer, but a script that
+    did this made a mistake, so the help goes where errors go (stdout is for results), and
+    the status is a usage error's."""
+    stream = sys.stderr if sys.stderr is not None else open(os.devnull, "w")
+    try:
+        with contextlib.redirect_stdout(stream):
+            command.main(args=list(args), prog_name="segearth", standalone_mode=False)
+    except click_exceptions.NoArgsIsHelpError as exc:
+        # Typer's rich help printed itself and left the message empty; plain Click leaves
+        # the help in the message.
+        if exc.message.strip():
+            _to_stderr(exc.message)
+    except (OSError, SystemExit):  # stderr closed, or a closed pipe (rich exits then): the status still tells
+        pass
+    return EXIT_USAGE
 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
@@ -214,11 +244,9 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         pass
     command = typer.main.get_command(app)
     try:
-        # `segearth` or `segearth query` with nothing: the help is the answer, but a script
-        # that did this made a mistake, so the help goes where errors go: stdout is for results.
-        help_to_stderr = contextlib.redirect_stdout(sys.stderr) if _asks_for_nothing(command, args) else None
-        with help_to_stderr or contextlib.nullcontext():
-            result = command.main(args=args, prog_name="segearth", standalone_mode=False)
+        if _asks_for_nothing(command, args):
+            return _help_on_stderr(command, args)
+        result = command.main(args=args, prog_name="segearth", standalone_mode=False)
         # Click returns the status of ctx.exit()/typer.Exit in non-standalone mode, and
         # Typer turns a KeyboardInterrupt inside a command into status 130.
         status = result if isinstance(result, int) else 0
@@ -228,12 +256,6 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
             traceback.print_exc()
         _error_line(exc.message)
         return exc.exit_code
-    except click_exceptions.NoArgsIsHelpError as exc:
-        # Typer's rich help printed itself (to stderr, see _asks_for_nothing) and left the
-        # message empty; plain Click leaves the help in the message.
-        if exc.message.strip():
-            print(exc.message, file=sys.stderr)
-        return EXIT_USAGE
     except click_exceptions.UsageError as exc:
         hint = ""
         if exc.ctx is not None:

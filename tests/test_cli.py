@@ -178,6 +178,26 @@ def test_an_output_that_is_a_symlink_loop_is_replaced_with_overwrite(capsys, sce
     assert not (tmp_path / "loop1.tif").is_symlink() and (tmp_path / "loop1.tif").is_file()
 
 
+@pytest.mark.parametrize(("args", "status"), [(["query", "{tmp}/missing.tif", "q", "-o", "{tmp}/a.tif"], 3),
+                                            (["query"], 2), ([], 2)])
+@pytest.mark.parametrize("stderr", ["closed", "closed pipe"])
+def test_the_exit_status_is_the_runs_own_when_stderr_is_gone(tmp_path, args, status, stderr):
+    """A script may run us with 2>&- or into a pipe whose reader left: the status must still tell."""
+    code = "import sys; from segearth_cli.launch import main; sys.argv[0] = 'segearth'; main()"
+    argv = [sys.executable, "-c", code, *(a.format(tmp=tmp_path) for a in args)]
+    if stderr == "closed":
+        done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120,
+                              preexec_fn=lambda: os.close(2))
+    else:
+        read, write = os.pipe()
+        os.close(read)
+        try:
+            done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=write, timeout=120)
+        finally:
+            os.close(write)
+    assert done.returncode == status
+
+
 def test_unknown_output_extension_exits_2_naming_the_path(capsys, scene, tmp_path):
     code, _, err = invoke(capsys, "query", scene, "q", "-o", tmp_path / "answer.shp", "--model", "tiny-random")
     assert code == 2
