@@ -35,6 +35,7 @@ import math
 import os
 import pickle
 import re
+import stat
 import threading
 from collections import deque
 from contextlib import closing
@@ -773,9 +774,9 @@ def check_outputs(root: Path, per_sample: Optional[Path], save_predictions: Opti
         if real == data or data in real.parents:
             raise UsageError(f"{option} {path}: is inside the data set {root}, which eval never writes into; "
                              "choose a path outside it")
-    if per_sample is not None:
+    if per_sample is not None and not _is_stream(per_sample):
         try:
-            check_target_writable(Path(per_sample), overwrite=True)
+            check_target_writable(_followed(per_sample), overwrite=True)
         except OutputError as exc:
             raise OutputError(f"--per-sample {exc.message}") from None
     if save_predictions is not None:
@@ -795,12 +796,34 @@ PER_SAMPLE_COLUMNS = (
 )
 
 
+def _is_stream(path: Path) -> bool:
+    """``/dev/stdout``, a named pipe or another file that is not a regular one: written as it is."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+def _followed(path: Path) -> Path:
+    """The file a symlink names (written through, not replaced), or ``path`` itself."""
+    return Path(os.path.realpath(path))
+
+
 def write_per_sample_csv(path: Path, results: Sequence[SampleResult]) -> None:
-    """One row per sample with both protocols' counts and IoU; written whole or not at all."""
+    """One row per sample with both protocols' counts and IoU; written whole or not at all to a
+    file (through a symlink to the file it names), as it comes to a stream such as ``/dev/stdout``."""
     text = io.StringIO(newline="")
     writer = csv.writer(text)
     writer.writerow(PER_SAMPLE_COLUMNS)
     for r in results:
         writer.writerow([r.name, r.image, r.question, *r.official[:2], f"{r.official[2]:.6f}",
                          *r.original_size[:2], f"{r.original_size[2]:.6f}"])
-    write_atomically(path, text.getvalue())
+    if _is_stream(path):
+        try:
+            with open(path, "w", newline="", encoding="utf-8") as stream:
+                stream.write(text.getvalue())
+        except OSError as exc:
+            raise OutputError(f"--per-sample {path}: cannot be written ({exc.strerror or exc})") from None
+        return
+    write_atomically(_followed(path), text.getvalue())

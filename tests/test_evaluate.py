@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import pickle
 import threading
 from pathlib import Path
@@ -769,6 +770,29 @@ def test_a_question_no_model_can_read_is_refused_before_loading_model(tmp_path, 
     assert isinstance(result.exception, InputError), result.output
     assert str(result.exception) == f"{qa}: {expected}"
     assert asked == []
+
+
+def test_per_sample_writes_through_a_symlink_and_into_a_pipe(tmp_path, eval_cli):
+    run, _ = eval_cli
+    make_earthreason(tmp_path / "data")
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "rows.csv").symlink_to(tmp_path / "kept" / "rows.csv")
+    result = run([tmp_path / "data", "--dataset", "earthreason", "--json", "--per-sample", tmp_path / "rows.csv"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "rows.csv").is_symlink()  # written through, not replaced
+    rows = (tmp_path / "kept" / "rows.csv").read_text().splitlines()
+    assert rows[0].startswith("sample,image,question") and len(rows) == 1 + len(SHAPES)
+
+    # A named pipe (as /dev/stdout may be) is written as it is, not replaced by a file.
+    pipe = tmp_path / "rows.pipe"
+    os.mkfifo(pipe)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(pipe.read_text()))
+    reader.start()
+    result = run([tmp_path / "data", "--dataset", "earthreason", "--json", "--per-sample", pipe])
+    reader.join(timeout=60)
+    assert result.exit_code == 0, result.output
+    assert pipe.is_fifo() and received[0].splitlines() == rows
 
 
 def test_repeated_names_are_numbered_around_names_already_taken():
