@@ -92,7 +92,7 @@ def cached_models(cache_dir: Optional[Path] = None) -> tuple[list[CachedModel], 
 def find_cached(repo: str, revision: Optional[str] = None, cache_dir: Optional[Path] = None) -> Optional[CachedModel]:
     """The cached revision of ``repo`` that ``revision`` names (a ref or a commit, or its prefix); default ``main``."""
     models, _ = cached_models(cache_dir)
-    candidates = [m for m in models if m.repo == repo]
+    candidates = [m for m in models if m.repo == repo] or _read_damaged_repo(repo, cache_dir)
     if not candidates:
         return None
     wanted = revision or "main"
@@ -106,6 +106,27 @@ def find_cached(repo: str, revision: Optional[str] = None, cache_dir: Optional[P
     if revision is None and len(candidates) == 1:  # fetched at a pinned commit only: no "main" ref
         return candidates[0]
     return None
+
+
+def _read_damaged_repo(repo: str, cache_dir: Optional[Path]) -> list[CachedModel]:
+    """The revisions of a repo folder that the hub library's scan leaves out because one entry
+    is damaged (a blob deleted under a snapshot's link): verify must still see the rest."""
+    folder = repo_folder(repo, cache_dir)
+    try:
+        snapshots = sorted(p for p in (folder / "snapshots").iterdir() if p.is_dir())
+        refs = {ref.name: ref.read_text().strip() for ref in (folder / "refs").glob("*") if ref.is_file()}
+    except OSError:
+        return []
+    found = []
+    for snapshot in snapshots:
+        files = snapshot_files(snapshot)
+        found.append(CachedModel(
+            repo=repo, commit=snapshot.name, refs=tuple(sorted(name for name, commit in refs.items()
+                                                               if commit == snapshot.name)),
+            size_bytes=sum(path.stat().st_size for path in files.values()), path=snapshot, files=len(files),
+            has_manifest=manifest_path(repo, snapshot.name, cache_dir).is_file(),
+        ))
+    return found
 
 
 def describe_cached(repo: str, cache_dir: Optional[Path] = None) -> str:

@@ -135,6 +135,18 @@ def test_a_missing_file_fails_verification(offline_home, capsys):
     assert "missing (the manifest records it): tokenizer_config.json" in err and "1 recorded files are missing" in err
 
 
+def test_a_deleted_blob_is_a_missing_file_not_an_uncached_model(offline_home, capsys):
+    """The hub library's scan leaves out a repo with a dangling link; verify must still check the rest."""
+    from segearth_cli.cli import run
+
+    snapshot = cache_repo(offline_home)
+    cache.write_manifest(cache.find_cached(REPO))
+    (snapshot / "config.json").resolve().unlink()
+    assert cache.find_cached(REPO).path == snapshot
+    assert run(["models", "verify", REPO]) == 1
+    assert "missing (the manifest records it): config.json" in capsys.readouterr().err
+
+
 def test_files_the_hub_lists_but_loading_never_fetched_are_not_failures(offline_home, monkeypatch, capsys):
     """A model fetched by a query holds only what loading needs, not the repo's README or .gitattributes."""
     from segearth_cli.cli import run
