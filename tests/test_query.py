@@ -256,6 +256,15 @@ def test_invalid_windows_are_skipped_without_a_model_call(tmp_path):
     assert set(np.unique(mask[:, 120:])) <= {0, 1}
 
 
+def write_with_nodata(path, data, invalid):
+    """A UTM GeoTIFF of ``data`` (3, H, W) whose ``invalid`` pixels are nodata 0."""
+    data[:, invalid] = 0
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=3, dtype="uint8",
+                       nodata=0, crs=CRS.from_epsg(32633), transform=Affine(1, 0, 0, 0, -1, 200)) as dst:
+        dst.write(data)
+    return path
+
+
 def test_every_invalid_pixel_is_nodata_even_through_resampled_windows(tmp_path):
     """Whole mode shrinks the scene ~5x; isolated invalid pixels still come out as nodata, alone."""
     width, height = 300, 200
@@ -265,11 +274,7 @@ def test_every_invalid_pixel_is_nodata_even_through_resampled_windows(tmp_path):
     invalid[50:60:2, 100:200:3] = True  # isolated pixels
     invalid[150, :] = True  # a one-pixel line
     invalid[:, 7] = True
-    data[:, invalid] = 0
-    scene = tmp_path / "speckled.tif"
-    with rasterio.open(scene, "w", driver="GTiff", width=width, height=height, count=3, dtype="uint8", nodata=0,
-                       crs=CRS.from_epsg(32633), transform=Affine(1, 0, 0, 0, -1, 200)) as dst:
-        dst.write(data)
+    scene = write_with_nodata(tmp_path / "speckled.tif", data, invalid)
     out = tmp_path / "speckled_mask.tif"
     report = run_query(scene, ["q"], [OutputTarget.for_path(out)], stand_in(), QueryOptions(mode="whole"))
     assert report.mode == "whole"
@@ -294,12 +299,7 @@ def test_a_scene_enlarged_in_whole_mode_gets_back_exactly_its_invalid_pixels(tmp
     rng = np.random.default_rng(width)
     invalid = rng.random((height, width)) < 0.05
     invalid[height // 2, width // 2] = True  # an isolated one, whatever the draw
-    data = np.full((3, height, width), 120, np.uint8)
-    data[:, invalid] = 0
-    scene = tmp_path / "small.tif"
-    with rasterio.open(scene, "w", driver="GTiff", width=width, height=height, count=3, dtype="uint8", nodata=0,
-                       crs=CRS.from_epsg(32633), transform=Affine(1, 0, 0, 0, -1, 200)) as dst:
-        dst.write(data)
+    scene = write_with_nodata(tmp_path / "small.tif", np.full((3, height, width), 120, np.uint8), invalid)
     out = tmp_path / "small_mask.tif"
     run_query(scene, ["q"], [OutputTarget.for_path(out)], stand_in(), QueryOptions(mode="whole"))
     with rasterio.open(out) as ds:
