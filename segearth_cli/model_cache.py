@@ -253,8 +253,7 @@ def verify_cached(model: CachedModel, cache_dir: Optional[Path] = None) -> Verif
                 "access, or fetch the model with 'segearth models pull' (which saves one)"
             )
     found = _compare(model.path, expected)
-    checked = len(snapshot_files(model.path)) - len(found.unrecorded)
-    return Verification(source, checked, [f"{name}: {how}" for name, how in found.mismatched.items()],
+    return Verification(source, found.checked, [f"{name}: {how}" for name, how in found.mismatched.items()],
                         found.missing, found.unrecorded, note)
 
 
@@ -264,6 +263,7 @@ class _Comparison:
     missing: list[str]  # expected, not in the snapshot
     unrecorded: list[str]  # in the snapshot, not expected
     sha256: dict[str, str]  # of the files read
+    checked: int = 0  # files compared with their expected entry
 
 
 def _compare(snapshot: Path, expected: dict[str, dict[str, Any]], only: Optional[set[str]] = None) -> _Comparison:
@@ -277,6 +277,7 @@ def _compare(snapshot: Path, expected: dict[str, dict[str, Any]], only: Optional
         if want is None:
             found.unrecorded.append(name)
             continue
+        found.checked += 1
         try:
             size = path.stat().st_size
             if want.get("size") is not None and want["size"] != size:

@@ -260,39 +260,37 @@ def _shutdown_with_descendants(ray) -> None:
 _AGENT_EXIT_WAIT_S = 2.0
 
 
-def _birth(pid: int) -> Optional[str]:
-    """The start time of ``pid`` (Linux), which tells a process from a later one with its pid."""
+def _stat(pid: int | str) -> Optional[tuple[int, str]]:
+    """(parent pid, start time) of a live process (Linux); the start time tells it from a later
+    process with the same pid. None for a process gone or a zombie."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
+            # After "pid (command)": state, ppid, ...; starttime is field 22 of the whole line.
             fields = handle.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
+        return (int(fields[1]), fields[19].decode()) if fields[0] != b"Z" else None
+    except (OSError, IndexError, ValueError):
         return None
-    # After the command's name: state, ppid, ..., starttime is field 22 of the whole line.
-    return fields[19].decode() if len(fields) > 19 and fields[0] != b"Z" else None
+
+
+def _birth(pid: int) -> Optional[str]:
+    stat = _stat(pid)
+    return None if stat is None else stat[1]
 
 
 def _descendants(root: int) -> dict[int, str]:
-    """{pid: start time} of every process below ``root`` (Linux; empty elsewhere)."""
-    parents: dict[int, int] = {}
+    """{pid: start time} of every live process below ``root`` (Linux; empty elsewhere)."""
     try:
         entries = [name for name in os.listdir("/proc") if name.isdigit()]
     except OSError:
         return {}
-    for name in entries:
-        try:
-            with open(f"/proc/{name}/stat", "rb") as handle:
-                parents[int(name)] = int(handle.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
+    live = {int(name): stat for name in entries if (stat := _stat(name)) is not None}
     found, frontier = {}, [root]
     while frontier:
         parent = frontier.pop()
-        for pid, ppid in parents.items():
+        for pid, (ppid, birth) in live.items():
             if ppid == parent and pid not in found:
-                birth = _birth(pid)
-                if birth is not None:
-                    found[pid] = birth
-                    frontier.append(pid)
+                found[pid] = birth
+                frontier.append(pid)
     return found
 
 
